@@ -1,0 +1,134 @@
+/* Shared by every kernel family, on the CPU (C11) and on the GPU (CUDA C):
+ * storage dtypes, bfloat16/float16 conversion, row I/O in the compute
+ * precision, and the fixed row blocks that make reductions deterministic. */
+#ifndef TPT_COMMON_H
+#define TPT_COMMON_H
+
+#include <stdint.h>
+#include <string.h>
+
+#ifdef __CUDACC__
+#define TPT_HD __host__ __device__ __forceinline__
+#else
+#define TPT_HD static inline
+#endif
+
+/* Portable runtime dispatch: one clone per x86-64 microarchitecture level,
+ * picked when the library loads. Never -march=native. */
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && !defined(__CUDACC__)
+#define TPT_MULTIVERSION __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define TPT_MULTIVERSION
+#endif
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Element type of a tensor in memory. Arithmetic is float32 for every type
+ * but float64, which computes in float64 (gradcheck needs it). */
+typedef enum { TPT_FLOAT32 = 0, TPT_FLOAT64 = 1, TPT_BFLOAT16 = 2, TPT_FLOAT16 = 3 } tpt_dtype;
+
+/* Status returned by kernels that can fail. */
+enum { TPT_OK = 0, TPT_ERR_NOMEM = 1, TPT_ERR_INDEX = 2 };
+
+TPT_HD int64_t tpt_dtype_size(tpt_dtype dt) { return dt == TPT_FLOAT64 ? 8 : dt == TPT_FLOAT32 ? 4 : 2; }
+
+/* Rows per block of a reduction over rows (dweight, dtheta, ...): each block
+ * yields one partial, and partials are summed in block order, so the result
+ * does not depend on how blocks are spread over threads. */
+#define TPT_ROW_BLOCK 128
+
+TPT_HD int64_t tpt_num_row_blocks(int64_t rows) { return (rows + TPT_ROW_BLOCK - 1) / TPT_ROW_BLOCK; }
+
+TPT_HD float tpt_bits_to_float(uint32_t u) { float f; memcpy(&f, &u, 4); return f; }
+TPT_HD uint32_t tpt_float_to_bits(float f) { uint32_t u; memcpy(&u, &f, 4); return u; }
+
+/* bfloat16 is the top half of a float32. */
+TPT_HD float tpt_bf16_to_float(uint16_t h) { return tpt_bits_to_float((uint32_t)h << 16); }
+
+/* Round to nearest, ties to even; NaN stays a (quiet) NaN. */
+TPT_HD uint16_t tpt_float_to_bf16(float f) {
+    uint32_t u = tpt_float_to_bits(f);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40u);
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (uint16_t)(u >> 16);
+}
+
+/* IEEE binary16 -> float32, exact (subnormals, inf and NaN included). */
+TPT_HD float tpt_f16_to_float(uint16_t h) {
+    uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
+    uint32_t expo = (h >> 10) & 0x1fu;
+    uint32_t mant = h & 0x3ffu;
+    if (expo == 0x1fu) return tpt_bits_to_float(sign | 0x7f800000u | (mant << 13));
+    if (expo == 0) {
+        /* subnormal: mant * 2^-24, exact in float32 */
+        float v = (float)mant * 5.9604644775390625e-8f;
+        return sign ? -v : v;
+    }
+    return tpt_bits_to_float(sign | ((expo + 112u) << 23) | (mant << 13));
+}
+
+/* float32 -> IEEE binary16, round to nearest even, overflow to inf. */
+TPT_HD uint16_t tpt_float_to_f16(float f) {
+    uint32_t u = tpt_float_to_bits(f);
+    uint16_t sign = (uint16_t)((u >> 16) & 0x8000u);
+    uint32_t absu = u & 0x7fffffffu;
+    if (absu > 0x7f800000u) return (uint16_t)(sign | 0x7e00u);            /* NaN */
+    if (absu >= 0x477ff000u) return (uint16_t)(sign | 0x7c00u);           /* rounds to inf */
+    if (absu < 0x38800000u) {                                              /* subnormal or zero */
+        /* adding 0.5 makes the FPU round the mantissa at 2^-24 granularity */
+        float v = tpt_bits_to_float(absu) + 0.5f;
+        return (uint16_t)(sign | (uint16_t)(tpt_float_to_bits(v) - 0x3f000000u));
+    }
+    uint32_t rounded = absu + 0xfffu + ((absu >> 13) & 1u) - (112u << 23);
+    return (uint16_t)(sign | (uint16_t)(rounded >> 13));
+}
+
+#ifndef __CUDACC__
+/* A row of n elements of dtype dt, seen as float32: the row itself when it is
+ * float32, else `scratch` filled by conversion. */
+TPT_HD const float* tpt_row_in_f32(const void* src, tpt_dtype dt, float* scratch, int64_t n) {
+    if (dt == TPT_FLOAT32) return (const float*)src;
+    const uint16_t* h = (const uint16_t*)src;
+    if (dt == TPT_BFLOAT16) for (int64_t i = 0; i < n; i++) scratch[i] = tpt_bf16_to_float(h[i]);
+    else for (int64_t i = 0; i < n; i++) scratch[i] = tpt_f16_to_float(h[i]);
+    return scratch;
+}
+
+/* Where to compute an output row in float32: in place when it is float32,
+ * else in `scratch`, then tpt_row_out_f32 converts it into place. */
+TPT_HD float* tpt_row_buf_f32(void* dst, tpt_dtype dt, float* scratch) {
+    return dt == TPT_FLOAT32 ? (float*)dst : scratch;
+}
+
+TPT_HD void tpt_row_out_f32(void* dst, tpt_dtype dt, const float* buf, int64_t n) {
+    uint16_t* h = (uint16_t*)dst;
+    if (dt == TPT_BFLOAT16) for (int64_t i = 0; i < n; i++) h[i] = tpt_float_to_bf16(buf[i]);
+    else if (dt == TPT_FLOAT16) for (int64_t i = 0; i < n; i++) h[i] = tpt_float_to_f16(buf[i]);
+}
+
+/* float64 rows are computed in float64 and need no conversion. */
+TPT_HD const double* tpt_row_in_f64(const void* src, tpt_dtype dt, double* scratch, int64_t n) {
+    (void)dt; (void)scratch; (void)n;
+    return (const double*)src;
+}
+TPT_HD double* tpt_row_buf_f64(void* dst, tpt_dtype dt, double* scratch) {
+    (void)dt; (void)scratch;
+    return (double*)dst;
+}
+TPT_HD void tpt_row_out_f64(void* dst, tpt_dtype dt, const double* buf, int64_t n) {
+    (void)dst; (void)dt; (void)buf; (void)n;
+}
+
+/* out[j] = sum over blocks b in order of partials[b*n + j]: the fixed-order
+ * combine step of every deterministic row reduction. */
+void tpt_sum_partials_f32(float* out, const float* partials, int64_t n_blocks, int64_t n, int64_t col_begin, int64_t col_end);
+void tpt_sum_partials_f64(double* out, const double* partials, int64_t n_blocks, int64_t n, int64_t col_begin, int64_t col_end);
+#endif
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

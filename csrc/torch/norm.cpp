@@ -1,0 +1,80 @@
+// Registration of the per-phase RMSNorm ops (kernels: csrc/cpu/norm.c).
+#include "glue.h"
+#include "../cpu/norm.h"
+
+namespace tpt {
+namespace {
+
+constexpr const char* kForward = "phase_rmsnorm";
+constexpr const char* kBackward = "phase_rmsnorm_backward";
+
+// y = norm(x) * weight per phase; also returns rstd [..., N] for backward.
+std::tuple<Tensor, Tensor> phase_rmsnorm(Tensor x, Tensor weight, int64_t n_phases, double eps) {
+  const tpt_dtype dt = storage_dtype(x, kForward, "x");
+  check_cpu(x, kForward, "x");
+  const int64_t D = check_phases(x, n_phases, kForward, "x");
+  TPT_CHECK(eps >= 0, kForward, "eps must be >= 0, got ", eps);
+  const ScalarType ct = compute_type(dt);
+  Tensor w = param_vector(weight, D, ct, x, kForward, "weight");
+
+  x = torch::stable::contiguous(x);
+  std::vector<int64_t> rstd_shape(x.sizes().begin(), x.sizes().end());
+  rstd_shape.back() = n_phases;
+  Tensor y = torch::stable::empty_like(x);
+  Tensor rstd = torch::stable::new_empty(x, rstd_shape, ct);
+  const int64_t M = D ? x.numel() / D : 0;
+  parallel_rows(kForward, M, row_grain(D), [&](int64_t begin, int64_t end) {
+    return dt == TPT_FLOAT64
+        ? phase_rmsnorm_forward_f64(y.mutable_data_ptr(), rstd.mutable_data_ptr<double>(), x.const_data_ptr(),
+                                    w.const_data_ptr<double>(), dt, begin, end, D, n_phases, eps)
+        : phase_rmsnorm_forward_f32(y.mutable_data_ptr(), rstd.mutable_data_ptr<float>(), x.const_data_ptr(),
+                                    w.const_data_ptr<float>(), dt, begin, end, D, n_phases, eps);
+  });
+  return {y, rstd};
+}
+
+// (dx, dweight) from dy, the saved x and rstd; dweight takes weight's dtype.
+std::tuple<Tensor, Tensor> phase_rmsnorm_backward(Tensor dy, Tensor x, Tensor weight, Tensor rstd,
+                                                  int64_t n_phases) {
+  const tpt_dtype dt = storage_dtype(x, kBackward, "x");
+  check_cpu(x, kBackward, "x");
+  const int64_t D = check_phases(x, n_phases, kBackward, "x");
+  TPT_CHECK(dy.sizes().equals(x.sizes()), kBackward, "argument 'dy' has shape ", shape_str(dy),
+            "; expected the shape of x ", shape_str(x));
+  check_same_device(dy, x, kBackward, "dy");
+  const ScalarType ct = compute_type(dt);
+  Tensor w = param_vector(weight, D, ct, x, kBackward, "weight");
+  const int64_t M = D ? x.numel() / D : 0;
+  TPT_CHECK(rstd.numel() == M * n_phases, kBackward, "argument 'rstd' has ", rstd.numel(),
+            " elements; expected ", M * n_phases);
+
+  x = torch::stable::contiguous(x);
+  dy = torch::stable::contiguous(torch::stable::to(dy, x.scalar_type()));
+  rstd = torch::stable::contiguous(torch::stable::to(rstd, ct));
+  Tensor dx = torch::stable::empty_like(x);
+  const int64_t n_blocks = tpt_num_row_blocks(M);
+  Tensor partials = torch::stable::new_zeros(x, {std::max<int64_t>(n_blocks, 1), D}, ct);
+  parallel_rows(kBackward, n_blocks, 1, [&](int64_t begin, int64_t end) {
+    return dt == TPT_FLOAT64
+        ? phase_rmsnorm_backward_f64(dx.mutable_data_ptr(), partials.mutable_data_ptr<double>(),
+                                     dy.const_data_ptr(), x.const_data_ptr(), w.const_data_ptr<double>(),
+                                     rstd.const_data_ptr<double>(), dt, begin, end, M, D, n_phases)
+        : phase_rmsnorm_backward_f32(dx.mutable_data_ptr(), partials.mutable_data_ptr<float>(),
+                                     dy.const_data_ptr(), x.const_data_ptr(), w.const_data_ptr<float>(),
+                                     rstd.const_data_ptr<float>(), dt, begin, end, M, D, n_phases);
+  });
+  return {dx, sum_partials(partials, weight.scalar_type())};
+}
+
+}  // namespace
+}  // namespace tpt
+
+STABLE_TORCH_LIBRARY_FRAGMENT(tpt, m) {
+  m.def("phase_rmsnorm(Tensor x, Tensor weight, int n_phases, float eps) -> (Tensor, Tensor)");
+  m.def("phase_rmsnorm_backward(Tensor dy, Tensor x, Tensor weight, Tensor rstd, int n_phases) -> (Tensor, Tensor)");
+}
+
+STABLE_TORCH_LIBRARY_IMPL(tpt, CPU, m) {
+  m.impl("phase_rmsnorm", TORCH_BOX(&tpt::phase_rmsnorm));
+  m.impl("phase_rmsnorm_backward", TORCH_BOX(&tpt::phase_rmsnorm_backward));
+}

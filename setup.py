@@ -1,0 +1,76 @@
+"""Builds tpt_ops: one C kernel library, two extensions that link it.
+
+* ``tpt_kernels``  static library of the C11 kernels (csrc/cpu/*.c), compiled
+  as C by gcc with its own flags (setuptools build_clib).
+* ``tpt_ops._C``   the kernels registered as torch.ops.tpt.* through the
+  LibTorch stable ABI (csrc/torch/*.cpp): an abi3 module that serves every
+  torch >= 2.10 and every CPython >= 3.9. No pybind11.
+* ``tpt_ops._np``  the same kernels for NumPy arrays (csrc/numpy/module.c,
+  pure C, NumPy C API).
+
+Build against the torch you run with: ``pip install --no-build-isolation .``
+(an isolated build would fetch a different torch).
+"""
+import glob
+import os
+
+import numpy
+from setuptools import Extension, setup
+from torch.utils.cpp_extension import BuildExtension, CppExtension
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+def sources(pattern):
+    # Relative paths, sorted: setuptools wants them relative, builds want them stable.
+    return sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, pattern)))
+
+
+# Portable optimisation: no -march=native; hot kernels carry target_clones
+# (csrc/cpu/common.h) so each CPU runs its best ISA. -ffp-contract=fast lets
+# the clones use FMA; sums are kept in fixed lanes so no reassociation is needed.
+C_FLAGS = ["-std=c11", "-O3", "-fPIC", "-ffp-contract=fast", "-fno-math-errno", "-Wall", "-Wextra"]
+
+# LibTorch stable ABI: target torch 2.10 and the CPython 3.9 limited API.
+# (py_limited_api=True makes setuptools define Py_LIMITED_API.)
+STABLE_ABI = ["-DTORCH_TARGET_VERSION=0x020a000000000000"]
+
+kernels = ("tpt_kernels", {"sources": sources("csrc/cpu/*.c"), "cflags": C_FLAGS, "include_dirs": ["csrc/cpu"]})
+
+torch_ext = CppExtension(
+    "tpt_ops._C",
+    sources("csrc/torch/*.cpp"),
+    include_dirs=[os.path.join(ROOT, "csrc")],
+    libraries=["tpt_kernels"],
+    extra_compile_args={"cxx": ["-O3", "-std=c++17", "-Wall"] + STABLE_ABI},
+    py_limited_api=True,
+)
+
+numpy_ext = Extension(
+    "tpt_ops._np",
+    sources("csrc/numpy/*.c"),
+    include_dirs=[numpy.get_include(), os.path.join(ROOT, "csrc")],
+    libraries=["tpt_kernels"],
+    extra_compile_args=C_FLAGS,
+    define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
+)
+
+
+
+class build_ext(BuildExtension.with_options(use_ninja=False)):
+    """Builds the kernel library first, also for ``build_ext --inplace``.
+
+    Without ninja, BuildExtension sends .c files to the C compiler and .cpp
+    files to the C++ compiler; with ninja every source would become C++.
+    """
+
+    def run(self):
+        self.run_command("build_clib")
+        super().run()
+
+
+setup(
+    libraries=[kernels],
+    ext_modules=[torch_ext, numpy_ext],
+    cmdclass={"build_ext": build_ext},
+)

@@ -1,0 +1,12 @@
+"""tpt_ops: C/CUDA kernels for Three-Phase Transformer (3PT) language models.
+
+The ops are registered as ``torch.ops.tpt.*`` custom ops with autograd and
+fake kernels (usable under ``torch.compile``); the functions below are their
+functional API. Plain-PyTorch references of each live in ``tpt_ops.reference``
+and NumPy entry points in ``tpt_ops.numpy``.
+"""
+from tpt_ops import _C  # noqa: F401  (registers torch.ops.tpt.*)
+from tpt_ops.ops.norm import phase_rmsnorm
+
+__all__ = ["phase_rmsnorm"]
+__version__ = "0.1.0"

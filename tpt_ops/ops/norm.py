@@ -1,0 +1,57 @@
+"""Per-phase RMSNorm: functional API, autograd and fake kernel of torch.ops.tpt.phase_rmsnorm.
+
+Kernels: csrc/cpu/norm.c; registration: csrc/torch/norm.cpp; math: SPEC 1a.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from tpt_ops import _C  # noqa: F401  (registers torch.ops.tpt.*)
+from tpt_ops.ops._checks import check_param, check_phases, check_same_shape, compute_dtype
+
+OP = "phase_rmsnorm"
+
+
+@torch.library.register_fake("tpt::phase_rmsnorm")
+def _phase_rmsnorm_fake(x: Tensor, weight: Tensor, n_phases: int, eps: float) -> tuple[Tensor, Tensor]:
+    D = check_phases(OP, "x", x, n_phases)
+    check_param(OP, "weight", weight, D, x)
+    rstd = x.new_empty((*x.shape[:-1], n_phases), dtype=compute_dtype(x.dtype))
+    return torch.empty_like(x), rstd
+
+
+@torch.library.register_fake("tpt::phase_rmsnorm_backward")
+def _phase_rmsnorm_backward_fake(dy: Tensor, x: Tensor, weight: Tensor, rstd: Tensor,
+                                 n_phases: int) -> tuple[Tensor, Tensor]:
+    D = check_phases(OP + "_backward", "x", x, n_phases)
+    check_same_shape(OP + "_backward", "dy", dy, x)
+    check_param(OP + "_backward", "weight", weight, D, x)
+    return torch.empty_like(x), torch.empty_like(weight)
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    x, weight, n_phases, _eps = inputs
+    _y, rstd = output
+    ctx.save_for_backward(x, weight, rstd)
+    ctx.n_phases = n_phases
+
+
+def _backward(ctx, dy: Tensor, _drstd: Tensor):
+    x, weight, rstd = ctx.saved_tensors
+    dx, dweight = torch.ops.tpt.phase_rmsnorm_backward(dy, x, weight, rstd, ctx.n_phases)
+    return dx, dweight, None, None
+
+
+torch.library.register_autograd("tpt::phase_rmsnorm", _backward, setup_context=_setup_context)
+
+
+def phase_rmsnorm(x: Tensor, weight: Tensor, n_phases: int = 1, eps: float = 1e-6) -> Tensor:
+    """Per-phase RMSNorm of the last dim of ``x``.
+
+    The last dim ``D`` is split into ``n_phases`` contiguous stripes of width
+    ``P = D / n_phases``; each stripe is normalised by its own RMS and scaled
+    by its slice of ``weight`` (shape ``[D]``). ``n_phases=1`` is plain RMSNorm.
+    The output has ``x``'s dtype; the gradient of ``weight`` has ``weight``'s.
+    """
+    return torch.ops.tpt.phase_rmsnorm(x, weight, n_phases, eps)[0]
