@@ -1,0 +1,163 @@
+"""phase_rmsnorm: the C kernel against the plain-PyTorch reference (SPEC 1a)."""
+import numpy as np
+import pytest
+import torch
+
+import tpt_ops
+from tpt_ops import reference
+from helpers import DTYPES, assert_close, grads, num_threads
+
+op = torch.ops.tpt.phase_rmsnorm.default
+
+SHAPES = [  # (x shape, n_phases)
+    ((12,), 3),
+    ((7, 12), 1),
+    ((5, 24), 2),
+    ((3, 5, 96), 3),
+    ((2, 3, 64), 4),
+    ((129, 36), 6),
+    ((33, 4096), 4),
+    ((257, 768), 3),
+]
+
+
+def make(shape, dtype, seed=0, param_dtype=None):
+    gen = torch.Generator().manual_seed(seed)
+    x = (torch.randn(shape, generator=gen) * 2 + 0.5).to(dtype).requires_grad_()
+    w = (1 + 0.1 * torch.randn(shape[-1], generator=gen)).to(param_dtype or dtype).requires_grad_()
+    return x, w
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape,n", SHAPES)
+def test_parity_forward_backward(shape, n, dtype):
+    x, w = make(shape, dtype)
+    y, (dx, dw) = grads(lambda x, w: tpt_ops.phase_rmsnorm(x, w, n), (x, w))
+    y_ref, (dx_ref, dw_ref) = grads(lambda x, w: reference.phase_rmsnorm(x, w, n), (x, w))
+    assert_close(y, y_ref)
+    assert_close(dx, dx_ref)
+    # dweight sums over all rows: low-precision rounding of dy*x grows with M
+    rtol = {torch.bfloat16: 5e-2, torch.float16: 5e-3}.get(dtype)
+    if rtol:
+        torch.testing.assert_close(dw.float(), dw_ref.float(), rtol=rtol, atol=rtol * dw_ref.float().abs().max().item())
+    else:
+        assert_close(dw, dw_ref)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_mixed_precision_float32_weight(dtype):
+    """Autocast-style: activations in low precision, the weight in float32."""
+    x, w = make((64, 48), dtype, param_dtype=torch.float32)
+    y, (dx, dw) = grads(lambda x, w: tpt_ops.phase_rmsnorm(x, w, 3), (x, w))
+    y_ref, (dx_ref, dw_ref) = grads(lambda x, w: reference.phase_rmsnorm(x, w, 3), (x, w))
+    assert y.dtype == dtype and dx.dtype == dtype and dw.dtype == torch.float32
+    assert_close(y, y_ref)
+    assert_close(dx, dx_ref)
+    torch.testing.assert_close(dw, dw_ref, rtol=1e-2, atol=1e-2)
+
+
+def test_non_contiguous():
+    base = torch.randn(48, 10, dtype=torch.float64)
+    x = base.t()  # [10, 48], strided
+    w = torch.randn(48, dtype=torch.float64)
+    assert not x.is_contiguous()
+    assert_close(tpt_ops.phase_rmsnorm(x, w, 4), reference.phase_rmsnorm(x, w, 4))
+    x2 = torch.randn(6, 96, dtype=torch.float64)[:, ::2]
+    assert_close(tpt_ops.phase_rmsnorm(x2, w, 3), reference.phase_rmsnorm(x2, w, 3))
+
+
+def test_n1_is_plain_rmsnorm():
+    x, w = make((9, 32), torch.float64)
+    expected = torch.nn.functional.rms_norm(x, (32,), w, eps=1e-6)
+    assert_close(tpt_ops.phase_rmsnorm(x, w, 1), expected)
+
+
+@pytest.mark.parametrize("n", [1, 3])
+def test_gradcheck(n):
+    x, w = make((5, 4, 6 * n), torch.float64)
+    assert torch.autograd.gradcheck(lambda x, w: tpt_ops.phase_rmsnorm(x, w, n), (x, w))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_opcheck(dtype):
+    x, w = make((6, 24), dtype, param_dtype=torch.float32)
+    torch.library.opcheck(op, (x, w, 3, 1e-6))
+    with torch.no_grad():
+        rstd = torch.ops.tpt.phase_rmsnorm(x, w, 3, 1e-6)[1]
+    torch.library.opcheck(torch.ops.tpt.phase_rmsnorm_backward.default,
+                          (torch.randn_like(x).detach(), x.detach(), w.detach(), rstd.detach(), 3))
+
+
+def test_compile_fullgraph():
+    x, w = make((4, 8, 48), torch.float32)
+    fn = torch.compile(lambda x, w: tpt_ops.phase_rmsnorm(x, w, 3) * 2, fullgraph=True)
+    y, (dx, dw) = grads(fn, (x, w))
+    y_ref, (dx_ref, dw_ref) = grads(lambda x, w: reference.phase_rmsnorm(x, w, 3) * 2, (x, w))
+    assert_close(y, y_ref)
+    assert_close(dx, dx_ref)
+    assert_close(dw, dw_ref)
+
+
+def test_bitwise_deterministic_across_runs_and_threads():
+    x, w = make((1000, 384), torch.float32)
+    runs = []
+    for threads in (1, 2, 2):
+        with num_threads(threads):
+            y, (dx, dw) = grads(lambda x, w: tpt_ops.phase_rmsnorm(x, w, 3), (x, w))
+        runs.append((y, dx, dw))
+    for other in runs[1:]:
+        for a, b in zip(runs[0], other):
+            assert torch.equal(a, b)
+
+
+def test_empty():
+    for shape in [(0, 12), (2, 0, 12)]:
+        x, w = make(shape, torch.float32)
+        y, (dx, dw) = grads(lambda x, w: tpt_ops.phase_rmsnorm(x, w, 3), (x, w))
+        assert y.shape == shape and dx.shape == shape
+        assert torch.equal(dw, torch.zeros(12))
+
+
+def test_numpy_agrees_with_torch():
+    x, w = make((37, 48), torch.float32)
+    y, (dx, dw) = grads(lambda x, w: tpt_ops.phase_rmsnorm(x, w, 3), (x, w))
+    gen = torch.Generator().manual_seed(0)
+    dy = torch.randn(y.shape, generator=gen)
+    for dtype in (torch.float32, torch.float64):
+        xn, wn, dyn = (t.detach().to(dtype).numpy() for t in (x, w, dy))
+        yn, rstd = tpt_ops.numpy.phase_rmsnorm_forward(xn, wn, 3)
+        dxn, dwn = tpt_ops.numpy.phase_rmsnorm_backward(dyn, xn, wn, rstd, 3)
+        assert yn.dtype == np.dtype(str(dtype).replace("torch.", ""))
+        ref_y, ref_rstd = torch.ops.tpt.phase_rmsnorm(x.detach().to(dtype), w.detach().to(dtype), 3, 1e-6)
+        np.testing.assert_array_equal(yn, ref_y.numpy())
+        ref_dx, ref_dw = torch.ops.tpt.phase_rmsnorm_backward(dy.to(dtype), x.detach().to(dtype),
+                                                              w.detach().to(dtype), ref_rstd, 3)
+        np.testing.assert_array_equal(dxn, ref_dx.numpy())
+        np.testing.assert_array_equal(dwn, ref_dw.numpy())
+
+
+BAD = [
+    # (x, weight, n_phases, message)
+    (torch.randn(4, 10), torch.randn(10), 3, r"tpt.phase_rmsnorm: the last dim of 'x' \(D=10\) is not divisible by n_phases=3"),
+    (torch.randn(4, 12), torch.randn(11), 3, r"tpt.phase_rmsnorm: argument 'weight' must have shape \[12\], got \[11\]"),
+    (torch.randn(4, 12), torch.randn(2, 6), 3, r"argument 'weight' must have shape \[12\]"),
+    (torch.randn(4, 12).int(), torch.randn(12), 3, r"tpt.phase_rmsnorm: argument 'x' has dtype int32"),
+    (torch.randn(4, 12), torch.randn(12).long(), 3, r"tpt.phase_rmsnorm: argument 'weight' has dtype int64"),
+    (torch.randn(4, 12), torch.randn(12), 0, r"tpt.phase_rmsnorm: n_phases must be >= 1, got 0"),
+    (torch.tensor(1.0), torch.randn(1), 1, r"tpt.phase_rmsnorm: argument 'x' must have at least 1 dimension"),
+]
+
+
+@pytest.mark.parametrize("x,w,n,msg", BAD)
+def test_bad_input(x, w, n, msg):
+    with pytest.raises(RuntimeError, match=msg):
+        tpt_ops.phase_rmsnorm(x, w, n)
+    # the fake kernel says the same under torch.compile
+    with pytest.raises(Exception, match=msg):
+        torch.compile(lambda x, w: tpt_ops.phase_rmsnorm(x, w, n), fullgraph=True, dynamic=False)(x, w)
+
+
+def test_bad_input_meta_device():
+    x = torch.randn(4, 12, device="meta")
+    with pytest.raises(RuntimeError, match="different device"):
+        tpt_ops.phase_rmsnorm(x, torch.randn(12), 3)
