@@ -161,3 +161,18 @@ def test_bad_input_meta_device():
     x = torch.randn(4, 12, device="meta")
     with pytest.raises(RuntimeError, match="different device"):
         tpt_ops.phase_rmsnorm(x, torch.randn(12), 3)
+
+
+def test_numpy_bad_input():
+    x = np.zeros((4, 12), np.float32)
+    with pytest.raises(TypeError, match=r"tpt_ops.numpy.phase_rmsnorm_forward: argument 'x' must be float32 or float64"):
+        tpt_ops.numpy.phase_rmsnorm_forward(x.astype(np.int64), np.ones(12, np.float32), 3)
+    with pytest.raises(TypeError, match=r"argument 'weight' must be float32 or float64"):
+        tpt_ops.numpy.phase_rmsnorm_forward(x, np.ones(12, np.int32), 3)
+    with pytest.raises(ValueError, match=r"argument 'weight' must have shape \(12,\)"):
+        tpt_ops.numpy.phase_rmsnorm_forward(x, np.ones(11, np.float32), 3)
+    with pytest.raises(ValueError, match=r"\(D=12\) is not divisible by n_phases=5"):
+        tpt_ops.numpy.phase_rmsnorm_forward(x, np.ones(12, np.float32), 5)
+    y, rstd = tpt_ops.numpy.phase_rmsnorm_forward(x, np.ones(12, np.float32), 3)
+    with pytest.raises(ValueError, match=r"argument 'dy' must have the shape of x"):
+        tpt_ops.numpy.phase_rmsnorm_backward(y[:2], x, np.ones(12, np.float32), rstd, 3)

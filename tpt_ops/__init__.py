@@ -5,7 +5,10 @@ fake kernels (usable under ``torch.compile``); the functions below are their
 functional API. Plain-PyTorch references of each live in ``tpt_ops.reference``
 and NumPy entry points in ``tpt_ops.numpy``.
 """
+import torch  # noqa: F401  (loads libtorch before the extension)
+
 from tpt_ops import _C  # noqa: F401  (registers torch.ops.tpt.*)
+from tpt_ops import numpy  # noqa: F401  (the NumPy face, tpt_ops.numpy)
 from tpt_ops.ops.norm import phase_rmsnorm
 
 __all__ = ["phase_rmsnorm"]

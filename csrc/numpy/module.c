@@ -1,4 +1,183 @@
+/* tpt_ops._np: the C kernels of csrc/cpu on NumPy arrays (pure C, NumPy C API).
+ *
+ * Each function takes C-contiguous-able float32 or float64 arrays (other
+ * parameters are cast to the input's dtype), runs the same kernels as the
+ * torch ops on one thread with the GIL released, and returns new arrays.
+ * Wrong dtypes raise TypeError, wrong shapes ValueError, naming the function
+ * and the argument. Wrapped with docs by tpt_ops/numpy.py. */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
-static struct PyModuleDef np_module = {PyModuleDef_HEAD_INIT, "_np", NULL, -1, NULL};
-PyMODINIT_FUNC PyInit__np(void) { return PyModule_Create(&np_module); }
+#include <numpy/arrayobject.h>
+
+#include "cpu/norm.h"
+
+/* ---- argument helpers ---------------------------------------------------- */
+
+/* A new reference to obj as a C-contiguous float array. type: NPY_NOTYPE
+ * accepts float32 or float64 as they are; NPY_FLOAT/NPY_DOUBLE casts a float
+ * array to that type. NULL with TypeError otherwise. */
+static PyArrayObject* float_array(PyObject* obj, const char* fn, const char* arg, int type) {
+    PyArrayObject* probe = (PyArrayObject*)PyArray_FROM_OF(obj, 0);
+    if (!probe) return NULL;
+    int actual = PyArray_TYPE(probe);
+    Py_DECREF(probe);
+    if (actual != NPY_FLOAT && actual != NPY_DOUBLE) {
+        PyErr_Format(PyExc_TypeError, "tpt_ops.numpy.%s: argument '%s' must be float32 or float64, got %s",
+                     fn, arg, PyArray_DescrFromType(actual)->typeobj->tp_name);
+        return NULL;
+    }
+    return (PyArrayObject*)PyArray_FROM_OTF(obj, type == NPY_NOTYPE ? actual : type,
+                                            NPY_ARRAY_C_CONTIGUOUS | NPY_ARRAY_ALIGNED);
+}
+
+/* Rows M and width D of x (>= 1 dims), with D divisible by n_phases. */
+static int phase_shape(PyArrayObject* x, long n_phases, const char* fn, npy_intp* M, npy_intp* D) {
+    if (PyArray_NDIM(x) < 1) {
+        PyErr_Format(PyExc_ValueError, "tpt_ops.numpy.%s: argument 'x' must have at least 1 dimension", fn);
+        return -1;
+    }
+    if (n_phases < 1) {
+        PyErr_Format(PyExc_ValueError, "tpt_ops.numpy.%s: n_phases must be >= 1, got %ld", fn, n_phases);
+        return -1;
+    }
+    *D = PyArray_DIM(x, PyArray_NDIM(x) - 1);
+    if (*D % n_phases) {
+        PyErr_Format(PyExc_ValueError, "tpt_ops.numpy.%s: the last dim of 'x' (D=%ld) is not divisible by n_phases=%ld",
+                     fn, (long)*D, n_phases);
+        return -1;
+    }
+    *M = *D ? PyArray_SIZE(x) / *D : 0;
+    return 0;
+}
+
+static int check_length(PyArrayObject* a, npy_intp length, const char* fn, const char* arg) {
+    if (PyArray_NDIM(a) != 1 || PyArray_DIM(a, 0) != length) {
+        PyErr_Format(PyExc_ValueError, "tpt_ops.numpy.%s: argument '%s' must have shape (%ld,)", fn, arg, (long)length);
+        return -1;
+    }
+    return 0;
+}
+
+static int check_same_shape(PyArrayObject* a, PyArrayObject* x, const char* fn, const char* arg) {
+    if (!PyArray_SAMESHAPE(a, x)) {
+        PyErr_Format(PyExc_ValueError, "tpt_ops.numpy.%s: argument '%s' must have the shape of x", fn, arg);
+        return -1;
+    }
+    return 0;
+}
+
+static PyArrayObject* new_like(PyArrayObject* x) {
+    return (PyArrayObject*)PyArray_NewLikeArray(x, NPY_CORDER, NULL, 0);
+}
+
+static PyArrayObject* new_array(int nd, npy_intp* dims, int type) {
+    return (PyArrayObject*)PyArray_ZEROS(nd, dims, type, 0);
+}
+
+/* Sums the [n_blocks, n] partials of a row reduction into out, in block order. */
+static void sum_partials(PyArrayObject* out, PyArrayObject* partials, npy_intp n_blocks, npy_intp n) {
+    if (PyArray_TYPE(out) == NPY_DOUBLE)
+        tpt_sum_partials_f64(PyArray_DATA(out), PyArray_DATA(partials), n_blocks, n, 0, n);
+    else
+        tpt_sum_partials_f32(PyArray_DATA(out), PyArray_DATA(partials), n_blocks, n, 0, n);
+}
+
+static PyObject* kernel_status(int status, const char* fn) {
+    if (status == TPT_OK) return Py_None;
+    PyErr_Format(PyExc_MemoryError, "tpt_ops.numpy.%s: out of memory", fn);
+    return NULL;
+}
+
+#define DT(arr) (PyArray_TYPE(arr) == NPY_DOUBLE ? TPT_FLOAT64 : TPT_FLOAT32)
+
+/* ---- per-phase RMSNorm (csrc/cpu/norm.h) ---------------------------------- */
+
+static PyObject* np_phase_rmsnorm_forward(PyObject* self, PyObject* args, PyObject* kw) {
+    static char* names[] = {"x", "weight", "n_phases", "eps", NULL};
+    const char* fn = "phase_rmsnorm_forward";
+    PyObject *xo, *wo;
+    long n_phases = 1;
+    double eps = 1e-6;
+    (void)self;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|ld", names, &xo, &wo, &n_phases, &eps)) return NULL;
+    PyArrayObject *x = NULL, *w = NULL, *y = NULL, *rstd = NULL;
+    PyObject* result = NULL;
+    npy_intp M, D;
+    if (!(x = float_array(xo, fn, "x", NPY_NOTYPE))) goto done;
+    if (!(w = float_array(wo, fn, "weight", PyArray_TYPE(x)))) goto done;
+    if (phase_shape(x, n_phases, fn, &M, &D) || check_length(w, D, fn, "weight")) goto done;
+    npy_intp rstd_dims[NPY_MAXDIMS];
+    for (int d = 0; d < PyArray_NDIM(x); d++) rstd_dims[d] = PyArray_DIM(x, d);
+    rstd_dims[PyArray_NDIM(x) - 1] = n_phases;
+    if (!(y = new_like(x)) || !(rstd = new_array(PyArray_NDIM(x), rstd_dims, PyArray_TYPE(x)))) goto done;
+    int status;
+    Py_BEGIN_ALLOW_THREADS
+    status = DT(x) == TPT_FLOAT64
+        ? phase_rmsnorm_forward_f64(PyArray_DATA(y), PyArray_DATA(rstd), PyArray_DATA(x), PyArray_DATA(w), TPT_FLOAT64, 0, M, D, n_phases, eps)
+        : phase_rmsnorm_forward_f32(PyArray_DATA(y), PyArray_DATA(rstd), PyArray_DATA(x), PyArray_DATA(w), TPT_FLOAT32, 0, M, D, n_phases, eps);
+    Py_END_ALLOW_THREADS
+    if (kernel_status(status, fn)) result = Py_BuildValue("OO", y, rstd);
+done:
+    Py_XDECREF(x); Py_XDECREF(w); Py_XDECREF(y); Py_XDECREF(rstd);
+    return result;
+}
+
+static PyObject* np_phase_rmsnorm_backward(PyObject* self, PyObject* args, PyObject* kw) {
+    static char* names[] = {"dy", "x", "weight", "rstd", "n_phases", NULL};
+    const char* fn = "phase_rmsnorm_backward";
+    PyObject *dyo, *xo, *wo, *ro;
+    long n_phases = 1;
+    (void)self;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOO|l", names, &dyo, &xo, &wo, &ro, &n_phases)) return NULL;
+    PyArrayObject *dy = NULL, *x = NULL, *w = NULL, *rstd = NULL, *dx = NULL, *dw = NULL, *partials = NULL;
+    PyObject* result = NULL;
+    npy_intp M, D;
+    if (!(x = float_array(xo, fn, "x", NPY_NOTYPE))) goto done;
+    const int type = PyArray_TYPE(x);
+    if (!(dy = float_array(dyo, fn, "dy", type)) || !(w = float_array(wo, fn, "weight", type)) ||
+        !(rstd = float_array(ro, fn, "rstd", type)))
+        goto done;
+    if (phase_shape(x, n_phases, fn, &M, &D) || check_length(w, D, fn, "weight") ||
+        check_same_shape(dy, x, fn, "dy"))
+        goto done;
+    if (PyArray_SIZE(rstd) != M * n_phases) {
+        PyErr_Format(PyExc_ValueError, "tpt_ops.numpy.%s: argument 'rstd' must have %ld elements", fn, (long)(M * n_phases));
+        goto done;
+    }
+    npy_intp n_blocks = tpt_num_row_blocks(M);
+    npy_intp pdims[2] = {n_blocks, D};
+    if (!(dx = new_like(x)) || !(dw = new_array(1, &D, type)) || !(partials = new_array(2, pdims, type))) goto done;
+    int status;
+    Py_BEGIN_ALLOW_THREADS
+    status = type == NPY_DOUBLE
+        ? phase_rmsnorm_backward_f64(PyArray_DATA(dx), PyArray_DATA(partials), PyArray_DATA(dy), PyArray_DATA(x),
+                                     PyArray_DATA(w), PyArray_DATA(rstd), TPT_FLOAT64, 0, n_blocks, M, D, n_phases)
+        : phase_rmsnorm_backward_f32(PyArray_DATA(dx), PyArray_DATA(partials), PyArray_DATA(dy), PyArray_DATA(x),
+                                     PyArray_DATA(w), PyArray_DATA(rstd), TPT_FLOAT32, 0, n_blocks, M, D, n_phases);
+    if (status == TPT_OK) sum_partials(dw, partials, n_blocks, D);
+    Py_END_ALLOW_THREADS
+    if (kernel_status(status, fn)) result = Py_BuildValue("OO", dx, dw);
+done:
+    Py_XDECREF(dy); Py_XDECREF(x); Py_XDECREF(w); Py_XDECREF(rstd);
+    Py_XDECREF(dx); Py_XDECREF(dw); Py_XDECREF(partials);
+    return result;
+}
+
+/* ---- module ---------------------------------------------------------------- */
+
+#define METHOD(name, doc) {#name, (PyCFunction)(void (*)(void))np_##name, METH_VARARGS | METH_KEYWORDS, doc}
+
+static PyMethodDef methods[] = {
+    METHOD(phase_rmsnorm_forward, "phase_rmsnorm_forward(x, weight, n_phases=1, eps=1e-6) -> (y, rstd)"),
+    METHOD(phase_rmsnorm_backward, "phase_rmsnorm_backward(dy, x, weight, rstd, n_phases=1) -> (dx, dweight)"),
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef np_module = {
+    PyModuleDef_HEAD_INIT, "_np", "tpt_ops C kernels on NumPy arrays", -1, methods, NULL, NULL, NULL, NULL,
+};
+
+PyMODINIT_FUNC PyInit__np(void) {
+    import_array();
+    return PyModule_Create(&np_module);
+}
