@@ -42,12 +42,21 @@ def check_param(op: str, arg: str, p: Tensor, length: int, x: Tensor) -> None:
         fail(op, f"argument '{arg}' must have shape [{length}], got {list(p.shape)}")
 
 
-def check_same_shape(op: str, arg: str, t: Tensor, x: Tensor) -> None:
+def check_same_shape(op: str, arg: str, t: Tensor, x: Tensor, x_name: str = "x") -> None:
     if t.shape != x.shape:
-        fail(op, f"argument '{arg}' has shape {list(t.shape)}; expected the shape of x {list(x.shape)}")
+        fail(op, f"argument '{arg}' has shape {list(t.shape)}; expected the shape of {x_name} {list(x.shape)}")
     if t.device != x.device:
         fail(op, f"argument '{arg}' is on a different device from the input")
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def check_pairs(op: str, D: int, n_phases: int) -> int:
+    """The phase width P = D / N; the rotation pairs channels, so P must be even."""
+    P = D // n_phases
+    if P % 2 != 0:
+        fail(op, f"the phase width P={P} (D={D}, n_phases={n_phases}) is odd; "
+                 "the rotation needs (even, odd) channel pairs")
+    return P

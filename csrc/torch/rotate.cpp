@@ -1,0 +1,83 @@
+// Registration of the Givens phase rotation ops (kernels: csrc/cpu/rotate.c).
+#include "glue.h"
+#include "../cpu/rotate.h"
+
+namespace tpt {
+namespace {
+
+constexpr const char* kForward = "phase_rotate";
+constexpr const char* kBackward = "phase_rotate_backward";
+
+// The phase width P = D / N; the rotation pairs channels, so P must be even.
+int64_t check_pairs(int64_t D, int64_t n_phases, const char* op) {
+  const int64_t P = D / n_phases;
+  TPT_CHECK(P % 2 == 0, op, "the phase width P=", P, " (D=", D, ", n_phases=", n_phases,
+            ") is odd; the rotation needs (even, odd) channel pairs");
+  return P;
+}
+
+// y = R(theta + i*2pi/N) x on the channel pairs of each phase i.
+Tensor phase_rotate(Tensor x, Tensor theta, int64_t n_phases) {
+  const tpt_dtype dt = storage_dtype(x, kForward, "x");
+  check_cpu(x, kForward, "x");
+  const int64_t D = check_phases(x, n_phases, kForward, "x");
+  const int64_t P = check_pairs(D, n_phases, kForward);
+  const ScalarType ct = compute_type(dt);
+  Tensor th = param_vector(theta, P / 2, ct, x, kForward, "theta");
+
+  x = torch::stable::contiguous(x);
+  Tensor y = torch::stable::empty_like(x);
+  const int64_t M = D ? x.numel() / D : 0;
+  parallel_rows(kForward, M, row_grain(D), [&](int64_t begin, int64_t end) {
+    return dt == TPT_FLOAT64
+        ? phase_rotate_forward_f64(y.mutable_data_ptr(), x.const_data_ptr(), th.const_data_ptr<double>(), dt,
+                                   begin, end, D, n_phases)
+        : phase_rotate_forward_f32(y.mutable_data_ptr(), x.const_data_ptr(), th.const_data_ptr<float>(), dt,
+                                   begin, end, D, n_phases);
+  });
+  return y;
+}
+
+// (dx, dtheta) from dy and the saved output y; dtheta takes theta's dtype.
+std::tuple<Tensor, Tensor> phase_rotate_backward(Tensor dy, Tensor y, Tensor theta, int64_t n_phases) {
+  const tpt_dtype dt = storage_dtype(y, kBackward, "y");
+  check_cpu(y, kBackward, "y");
+  const int64_t D = check_phases(y, n_phases, kBackward, "y");
+  const int64_t P = check_pairs(D, n_phases, kBackward);
+  storage_dtype(dy, kBackward, "dy");
+  TPT_CHECK(dy.sizes().equals(y.sizes()), kBackward, "argument 'dy' has shape ", shape_str(dy),
+            "; expected the shape of y ", shape_str(y));
+  check_same_device(dy, y, kBackward, "dy");
+  const ScalarType ct = compute_type(dt);
+  Tensor th = param_vector(theta, P / 2, ct, y, kBackward, "theta");
+
+  y = torch::stable::contiguous(y);
+  dy = torch::stable::contiguous(torch::stable::to(dy, y.scalar_type()));
+  Tensor dx = torch::stable::empty_like(y);
+  const int64_t M = D ? y.numel() / D : 0;
+  const int64_t n_blocks = tpt_num_row_blocks(M);
+  Tensor partials = torch::stable::new_zeros(y, {std::max<int64_t>(n_blocks, 1), P / 2}, ct);
+  parallel_rows(kBackward, n_blocks, 1, [&](int64_t begin, int64_t end) {
+    return dt == TPT_FLOAT64
+        ? phase_rotate_backward_f64(dx.mutable_data_ptr(), partials.mutable_data_ptr<double>(),
+                                    dy.const_data_ptr(), y.const_data_ptr(), th.const_data_ptr<double>(), dt,
+                                    begin, end, M, D, n_phases)
+        : phase_rotate_backward_f32(dx.mutable_data_ptr(), partials.mutable_data_ptr<float>(),
+                                    dy.const_data_ptr(), y.const_data_ptr(), th.const_data_ptr<float>(), dt,
+                                    begin, end, M, D, n_phases);
+  });
+  return {dx, sum_partials(partials, theta.scalar_type())};
+}
+
+}  // namespace
+}  // namespace tpt
+
+STABLE_TORCH_LIBRARY_FRAGMENT(tpt, m) {
+  m.def("phase_rotate(Tensor x, Tensor theta, int n_phases) -> Tensor");
+  m.def("phase_rotate_backward(Tensor dy, Tensor y, Tensor theta, int n_phases) -> (Tensor, Tensor)");
+}
+
+STABLE_TORCH_LIBRARY_IMPL(tpt, CPU, m) {
+  m.impl("phase_rotate", TORCH_BOX(&tpt::phase_rotate));
+  m.impl("phase_rotate_backward", TORCH_BOX(&tpt::phase_rotate_backward));
+}

@@ -1,0 +1,202 @@
+"""phase_rotate: the C kernel against the plain-PyTorch reference (SPEC 1b)."""
+import math
+
+import pytest
+import torch
+
+import tpt_ops
+from tpt_ops import reference
+from helpers import DTYPES, assert_close, grads, num_threads
+
+op = torch.ops.tpt.phase_rotate.default
+op_backward = torch.ops.tpt.phase_rotate_backward.default
+
+SHAPES = [  # (x shape, n_phases)
+    ((12,), 3),
+    ((7, 12), 1),
+    ((5, 24), 2),
+    ((3, 5, 96), 3),
+    ((2, 3, 64), 4),
+    ((129, 36), 6),
+    ((33, 4096), 4),
+    ((257, 768), 3),
+]
+
+
+def make(shape, n, dtype, seed=0, param_dtype=None):
+    gen = torch.Generator().manual_seed(seed)
+    x = (torch.randn(shape, generator=gen) * 2 + 0.5).to(dtype).requires_grad_()
+    P = shape[-1] // n
+    theta = (torch.rand(P // 2, generator=gen) * 4 * math.pi - 2 * math.pi).to(param_dtype or dtype).requires_grad_()
+    return x, theta
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape,n", SHAPES)
+def test_parity_forward_backward(shape, n, dtype):
+    x, th = make(shape, n, dtype)
+    y, (dx, dth) = grads(lambda x, th: tpt_ops.phase_rotate(x, th, n), (x, th))
+    y_ref, (dx_ref, dth_ref) = grads(lambda x, th: reference.phase_rotate(x, th, n), (x, th))
+    assert y.shape == x.shape and y.dtype == dtype
+    assert_close(y, y_ref)
+    assert_close(dx, dx_ref)
+    # dtheta sums over all rows and phases: rounding grows with M, and the two
+    # sides sum in different orders, so compare relative to the largest entry
+    rtol = {torch.float32: 1e-5, torch.bfloat16: 5e-2, torch.float16: 5e-3}.get(dtype)
+    if rtol:
+        torch.testing.assert_close(dth.float(), dth_ref.float(), rtol=rtol,
+                                   atol=rtol * dth_ref.float().abs().max().item())
+    else:
+        assert_close(dth, dth_ref)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_mixed_precision_float32_theta(dtype):
+    """Autocast-style: activations in low precision, theta in float32."""
+    x, th = make((64, 48), 3, dtype, param_dtype=torch.float32)
+    y, (dx, dth) = grads(lambda x, th: tpt_ops.phase_rotate(x, th, 3), (x, th))
+    y_ref, (dx_ref, dth_ref) = grads(lambda x, th: reference.phase_rotate(x, th, 3), (x, th))
+    assert y.dtype == dtype and dx.dtype == dtype and dth.dtype == torch.float32
+    assert_close(y, y_ref)
+    assert_close(dx, dx_ref)
+    torch.testing.assert_close(dth, dth_ref, rtol=2e-2, atol=2e-2 * dth_ref.abs().max().item())
+
+
+def test_non_contiguous():
+    base = torch.randn(48, 10, dtype=torch.float64)
+    x = base.t()  # [10, 48], strided
+    th = torch.randn(6, dtype=torch.float64)
+    assert not x.is_contiguous()
+    assert_close(tpt_ops.phase_rotate(x, th, 4), reference.phase_rotate(x, th, 4))
+    x2 = torch.randn(6, 96, dtype=torch.float64)[:, ::2]
+    th2 = torch.randn(48, dtype=torch.float64)[::6]  # strided theta, [8]
+    assert_close(tpt_ops.phase_rotate(x2, th2, 3), reference.phase_rotate(x2, th2, 3))
+    # non-contiguous output gradient
+    x3, th3 = make((8, 24), 2, torch.float64)
+    dy = torch.randn(24, 8, dtype=torch.float64).t()
+    y = tpt_ops.phase_rotate(x3, th3, 2)
+    dx, dth = torch.autograd.grad(y, (x3, th3), dy)
+    y_ref = reference.phase_rotate(x3, th3, 2)
+    dx_ref, dth_ref = torch.autograd.grad(y_ref, (x3, th3), dy)
+    assert_close(dx, dx_ref)
+    assert_close(dth, dth_ref)
+
+
+@pytest.mark.parametrize("n", [1, 3])
+def test_orthogonal(n):
+    """A rotation preserves the norm of every phase pair, hence of every row; backward is its transpose."""
+    x, th = make((17, 12 * n), n, torch.float64)
+    x, th = x.detach(), th.detach()
+    y = tpt_ops.phase_rotate(x, th, n)
+    pairs = lambda t: t.unflatten(-1, (-1, 2)).pow(2).sum(-1)  # noqa: E731
+    torch.testing.assert_close(pairs(y), pairs(x), rtol=1e-13, atol=1e-13)
+    torch.testing.assert_close(y.norm(dim=-1), x.norm(dim=-1), rtol=1e-13, atol=1e-13)
+    # dx = R(-phi) dy: rotating the output back with its own backward gives x
+    dx, _ = torch.ops.tpt.phase_rotate_backward(y, y, th, n)
+    torch.testing.assert_close(dx, x, rtol=1e-13, atol=1e-13)
+
+
+def test_theta_zero_n1_is_identity():
+    x, _ = make((9, 32), 1, torch.float32)
+    x = x.detach()
+    assert torch.equal(tpt_ops.phase_rotate(x, torch.zeros(16), 1), x)
+
+
+@pytest.mark.parametrize("n", [1, 3])
+def test_gradcheck(n):
+    x, th = make((5, 4, 6 * n), n, torch.float64)
+    assert torch.autograd.gradcheck(lambda x, th: tpt_ops.phase_rotate(x, th, n), (x, th))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_opcheck(dtype):
+    x, th = make((6, 24), 3, dtype, param_dtype=torch.float32)
+    torch.library.opcheck(op, (x, th, 3))
+    with torch.no_grad():
+        y = torch.ops.tpt.phase_rotate(x, th, 3)
+    torch.library.opcheck(op_backward, (torch.randn_like(x).detach(), y.detach(), th.detach(), 3))
+
+
+def test_compile_fullgraph():
+    x, th = make((4, 8, 48), 3, torch.float32)
+    fn = torch.compile(lambda x, th: tpt_ops.phase_rotate(x, th, 3) * 2, fullgraph=True)
+    y, (dx, dth) = grads(fn, (x, th))
+    y_ref, (dx_ref, dth_ref) = grads(lambda x, th: reference.phase_rotate(x, th, 3) * 2, (x, th))
+    assert_close(y, y_ref)
+    assert_close(dx, dx_ref)
+    assert_close(dth, dth_ref)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_bitwise_deterministic_across_runs_and_threads(dtype):
+    x, th = make((1000, 384), 3, dtype, param_dtype=torch.float32)  # 8 row blocks
+    runs = []
+    for threads in (1, 2, 2):
+        with num_threads(threads):
+            y, (dx, dth) = grads(lambda x, th: tpt_ops.phase_rotate(x, th, 3), (x, th))
+        runs.append((y, dx, dth))
+    for other in runs[1:]:
+        for a, b in zip(runs[0], other):
+            assert torch.equal(a, b)
+
+
+def test_empty():
+    for shape in [(0, 12), (2, 0, 12)]:
+        x, th = make(shape, 3, torch.float32)
+        y, (dx, dth) = grads(lambda x, th: tpt_ops.phase_rotate(x, th, 3), (x, th))
+        assert y.shape == shape and dx.shape == shape
+        assert torch.equal(dth, torch.zeros(2))
+    x, th = torch.randn(3, 0, requires_grad=True), torch.randn(0, requires_grad=True)
+    y, (dx, dth) = grads(lambda x, th: tpt_ops.phase_rotate(x, th, 2), (x, th))
+    assert y.shape == (3, 0) and dx.shape == (3, 0) and dth.shape == (0,)
+
+
+BAD = [
+    # (x, theta, n_phases, message)
+    (torch.randn(4, 10), torch.randn(2), 3, r"tpt.phase_rotate: the last dim of 'x' \(D=10\) is not divisible by n_phases=3"),
+    (torch.randn(4, 15), torch.randn(2), 3, r"tpt.phase_rotate: the phase width P=5 \(D=15, n_phases=3\) is odd"),
+    (torch.randn(4, 7), torch.randn(3), 1, r"tpt.phase_rotate: the phase width P=7 \(D=7, n_phases=1\) is odd"),
+    (torch.randn(4, 12), torch.randn(3), 3, r"tpt.phase_rotate: argument 'theta' must have shape \[2\], got \[3\]"),
+    (torch.randn(4, 12), torch.randn(1, 2), 3, r"tpt.phase_rotate: argument 'theta' must have shape \[2\], got \[1, 2\]"),
+    (torch.randn(4, 12).int(), torch.randn(2), 3, r"tpt.phase_rotate: argument 'x' has dtype int32"),
+    (torch.randn(4, 12), torch.randn(2).long(), 3, r"tpt.phase_rotate: argument 'theta' has dtype int64"),
+    (torch.randn(4, 12), torch.randn(2), 0, r"tpt.phase_rotate: n_phases must be >= 1, got 0"),
+    (torch.tensor(1.0), torch.randn(1), 1, r"tpt.phase_rotate: argument 'x' must have at least 1 dimension"),
+]
+
+
+@pytest.mark.parametrize("x,th,n,msg", BAD)
+def test_bad_input(x, th, n, msg):
+    with pytest.raises(RuntimeError, match=msg):
+        tpt_ops.phase_rotate(x, th, n)
+    # the fake kernel says the same under torch.compile
+    with pytest.raises(Exception, match=msg):
+        torch.compile(lambda x, th: tpt_ops.phase_rotate(x, th, n), fullgraph=True, dynamic=False)(x, th)
+
+
+y12, th2 = torch.randn(4, 12), torch.randn(2)
+BAD_BACKWARD = [
+    # (dy, y, theta, n_phases, message)
+    (torch.randn(4, 13), y12, th2, 3, r"tpt.phase_rotate_backward: argument 'dy' has shape \[4, 13\]; expected the shape of y \[4, 12\]"),
+    (torch.randn(4, 12).int(), y12, th2, 3, r"tpt.phase_rotate_backward: argument 'dy' has dtype int32"),
+    (torch.randn(4, 12), y12.long(), th2, 3, r"tpt.phase_rotate_backward: argument 'y' has dtype int64"),
+    (torch.randn(4, 12), y12, torch.randn(4), 3, r"tpt.phase_rotate_backward: argument 'theta' must have shape \[2\], got \[4\]"),
+    (torch.randn(4, 15), torch.randn(4, 15), th2, 3, r"tpt.phase_rotate_backward: the phase width P=5 \(D=15, n_phases=3\) is odd"),
+    (torch.randn(4, 12), y12, th2, 5, r"tpt.phase_rotate_backward: the last dim of 'y' \(D=12\) is not divisible by n_phases=5"),
+]
+
+
+@pytest.mark.parametrize("dy,y,th,n,msg", BAD_BACKWARD)
+def test_bad_input_backward(dy, y, th, n, msg):
+    with pytest.raises(RuntimeError, match=msg):
+        op_backward(dy, y, th, n)
+    with pytest.raises(Exception, match=msg):
+        torch.compile(lambda dy, y, th: op_backward(dy, y, th, n), fullgraph=True, dynamic=False)(dy, y, th)
+
+
+def test_bad_input_meta_device():
+    x = torch.randn(4, 12, device="meta")
+    with pytest.raises(RuntimeError, match="tpt.phase_rotate: argument 'theta' is on a different device"):
+        tpt_ops.phase_rotate(x, torch.randn(2), 3)
+    with pytest.raises(RuntimeError, match="tpt.phase_rotate_backward: argument 'dy' is on a different device"):
+        op_backward(torch.randn(4, 12), torch.randn(4, 12, device="meta"), torch.randn(2), 3)
