@@ -35,6 +35,15 @@
 #define TPT_LANES 16
 #endif
 
+/* The helpers below are defined once per precision per translation unit
+ * (block.c includes several families' .inc files). */
+#if (TPT_PRECISION == 32 && !defined(TPT_REAL_HELPERS_32)) || (TPT_PRECISION == 64 && !defined(TPT_REAL_HELPERS_64))
+#if TPT_PRECISION == 32
+#define TPT_REAL_HELPERS_32
+#else
+#define TPT_REAL_HELPERS_64
+#endif
+
 /* sum_i a[i] * b[i], accumulated in `real` over TPT_LANES fixed lanes */
 static inline real SFX(tpt_dot)(const real* a, const real* b, int64_t n) {
     real acc[TPT_LANES] = {0};
@@ -58,3 +67,4 @@ static inline real SFX(tpt_sum)(const real* a, int64_t n) {
     for (; i < n; i++) s += a[i];
     return s;
 }
+#endif

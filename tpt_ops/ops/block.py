@@ -13,9 +13,10 @@ from tpt_ops.ops._checks import check_float, check_param, check_phases, check_sa
 
 
 def _check(op: str, h: Tensor, a: Tensor, weight: Tensor, n_phases: int, theta: Tensor | None = None) -> None:
-    D = check_phases(op, "h", h, n_phases)
+    check_float(op, "h", h)
     check_float(op, "a", a)
-    check_same_shape(op, "a", a, h)
+    check_same_shape(op, "a", a, h, x_name="h")
+    D = check_phases(op, "h", h, n_phases)
     if (h.dtype == torch.float64) != (a.dtype == torch.float64):
         fail(op, f"arguments 'h' and 'a' must both be float64 or both not, got {h.dtype} and {a.dtype}")
     check_param(op, "weight", weight, D, h)
