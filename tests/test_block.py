@@ -209,4 +209,4 @@ def test_bad_input(name, kwargs, msg):
     with pytest.raises(RuntimeError, match=msg):
         call(name, **kwargs)
     with pytest.raises(Exception, match=msg):
-        torch.compile(lambda: call(name, **kwargs), fullgraph=True)()
+        torch.compile(lambda: call(name, **kwargs), fullgraph=True, dynamic=False)()
