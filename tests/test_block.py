@@ -210,3 +210,34 @@ def test_bad_input(name, kwargs, msg):
         call(name, **kwargs)
     with pytest.raises(Exception, match=msg):
         torch.compile(lambda: call(name, **kwargs), fullgraph=True, dynamic=False)()
+
+
+@pytest.mark.parametrize("name", OPS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_numpy_agrees_with_torch(name, dtype):
+    h, a, theta, w = (t.detach() for t in make((300, 48), 3, dtype))
+    dh, dn = torch.randn_like(h), torch.randn_like(h)
+    rotate = name == "add_rotate_norm"
+    if rotate:
+        out = torch.ops.tpt.add_rotate_norm(h, a, theta, w, 3, 1e-6)
+        ref_back = torch.ops.tpt.add_rotate_norm_backward(dh, dn, out[0], theta, w, out[2], 3)
+        np_out = tpt_ops.numpy.add_rotate_norm_forward(h.numpy(), a.numpy(), theta.numpy(), w.numpy(), 3)
+        np_back = tpt_ops.numpy.add_rotate_norm_backward(dh.numpy(), dn.numpy(), np_out[0], theta.numpy(),
+                                                         w.numpy(), np_out[2], 3)
+    else:
+        out = torch.ops.tpt.add_norm(h, a, w, 3, 1e-6)
+        ref_back = torch.ops.tpt.add_norm_backward(dh, dn, out[0], w, out[2], 3)
+        np_out = tpt_ops.numpy.add_norm_forward(h.numpy(), a.numpy(), w.numpy(), 3)
+        np_back = tpt_ops.numpy.add_norm_backward(dh.numpy(), dn.numpy(), np_out[0], w.numpy(), np_out[2], 3)
+    for t, n in zip((*out, *ref_back), (*np_out, *np_back)):
+        assert torch.equal(t, torch.from_numpy(n))
+
+
+def test_numpy_bad_input():
+    h = torch.randn(4, 12).numpy()
+    with pytest.raises(ValueError, match=r"tpt_ops.numpy.add_rotate_norm_forward: argument 'a' must have the shape of 'h'"):
+        tpt_ops.numpy.add_rotate_norm_forward(h, h[:2], torch.randn(2).numpy(), torch.randn(12).numpy(), 3)
+    with pytest.raises(ValueError, match=r"argument 'theta' must have shape \(2,\)"):
+        tpt_ops.numpy.add_rotate_norm_forward(h, h, torch.randn(3).numpy(), torch.randn(12).numpy(), 3)
+    with pytest.raises(TypeError, match=r"argument 'h' must be float32 or float64"):
+        tpt_ops.numpy.add_norm_forward(h.astype("int32"), h, torch.randn(12).numpy(), 3)

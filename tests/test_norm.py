@@ -174,5 +174,5 @@ def test_numpy_bad_input():
     with pytest.raises(ValueError, match=r"\(D=12\) is not divisible by n_phases=5"):
         tpt_ops.numpy.phase_rmsnorm_forward(x, np.ones(12, np.float32), 5)
     y, rstd = tpt_ops.numpy.phase_rmsnorm_forward(x, np.ones(12, np.float32), 3)
-    with pytest.raises(ValueError, match=r"argument 'dy' must have the shape of x"):
+    with pytest.raises(ValueError, match=r"argument 'dy' must have the shape of 'x'"):
         tpt_ops.numpy.phase_rmsnorm_backward(y[:2], x, np.ones(12, np.float32), rstd, 3)

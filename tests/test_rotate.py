@@ -200,3 +200,28 @@ def test_bad_input_meta_device():
         tpt_ops.phase_rotate(x, torch.randn(2), 3)
     with pytest.raises(RuntimeError, match="tpt.phase_rotate_backward: argument 'dy' is on a different device"):
         op_backward(torch.randn(4, 12), torch.randn(4, 12, device="meta"), torch.randn(2), 3)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_numpy_agrees_with_torch(dtype):
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(300, 48, generator=gen, dtype=dtype)
+    theta = torch.rand(8, generator=gen, dtype=dtype)
+    dy = torch.randn(300, 48, generator=gen, dtype=dtype)
+    y = torch.ops.tpt.phase_rotate(x, theta, 3)
+    dx, dtheta = torch.ops.tpt.phase_rotate_backward(dy, y, theta, 3)
+    y_np = tpt_ops.numpy.phase_rotate_forward(x.numpy(), theta.numpy(), 3)
+    dx_np, dtheta_np = tpt_ops.numpy.phase_rotate_backward(dy.numpy(), y_np, theta.numpy(), 3)
+    for t, n in ((y, y_np), (dx, dx_np), (dtheta, dtheta_np)):
+        assert torch.equal(t, torch.from_numpy(n))
+
+
+def test_numpy_bad_input():
+    import numpy as np
+    x = np.zeros((4, 12), np.float32)
+    with pytest.raises(ValueError, match=r"tpt_ops.numpy.phase_rotate_forward: the phase width P=3 is odd"):
+        tpt_ops.numpy.phase_rotate_forward(np.zeros((4, 9), np.float32), np.zeros(1, np.float32), 3)
+    with pytest.raises(ValueError, match=r"argument 'theta' must have shape \(2,\)"):
+        tpt_ops.numpy.phase_rotate_forward(x, np.zeros(3, np.float32), 3)
+    with pytest.raises(TypeError, match=r"tpt_ops.numpy.phase_rotate_forward: argument 'x' must be float32 or float64"):
+        tpt_ops.numpy.phase_rotate_forward(x.astype(np.int16), np.zeros(2, np.float32), 3)

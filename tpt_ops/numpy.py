@@ -10,11 +10,33 @@ functions return the saved statistics the backward needs, llm.c style:
 Wrong dtypes raise ``TypeError``, wrong shapes ``ValueError``.
 """
 from tpt_ops._np import (  # noqa: F401
+    add_rotate_norm_backward,
+    add_rotate_norm_forward,
     phase_rmsnorm_backward,
     phase_rmsnorm_forward,
+    phase_rotate_backward,
+    phase_rotate_forward,
 )
+
+
+def add_norm_forward(h, a, weight, n_phases, eps=1e-6):
+    """(h_new, normed, rstd) with h_new = h + a: add_rotate_norm_forward without the rotation."""
+    return add_rotate_norm_forward(h, a, None, weight, n_phases, eps)
+
+
+def add_norm_backward(dh_new, dnormed, h_new, weight, rstd, n_phases):
+    """(dsum, dweight): the gradient of h and of a is dsum."""
+    dsum, _, dweight = add_rotate_norm_backward(dh_new, dnormed, h_new, None, weight, rstd, n_phases)
+    return dsum, dweight
+
 
 __all__ = [
     "phase_rmsnorm_forward",
     "phase_rmsnorm_backward",
+    "phase_rotate_forward",
+    "phase_rotate_backward",
+    "add_rotate_norm_forward",
+    "add_rotate_norm_backward",
+    "add_norm_forward",
+    "add_norm_backward",
 ]

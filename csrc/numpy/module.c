@@ -9,7 +9,9 @@
 #include <Python.h>
 #include <numpy/arrayobject.h>
 
+#include "cpu/block.h"
 #include "cpu/norm.h"
+#include "cpu/rotate.h"
 
 /* ---- argument helpers ---------------------------------------------------- */
 
@@ -58,9 +60,9 @@ static int check_length(PyArrayObject* a, npy_intp length, const char* fn, const
     return 0;
 }
 
-static int check_same_shape(PyArrayObject* a, PyArrayObject* x, const char* fn, const char* arg) {
+static int check_same_shape(PyArrayObject* a, PyArrayObject* x, const char* fn, const char* arg, const char* x_name) {
     if (!PyArray_SAMESHAPE(a, x)) {
-        PyErr_Format(PyExc_ValueError, "tpt_ops.numpy.%s: argument '%s' must have the shape of x", fn, arg);
+        PyErr_Format(PyExc_ValueError, "tpt_ops.numpy.%s: argument '%s' must have the shape of '%s'", fn, arg, x_name);
         return -1;
     }
     return 0;
@@ -138,7 +140,7 @@ static PyObject* np_phase_rmsnorm_backward(PyObject* self, PyObject* args, PyObj
         !(rstd = float_array(ro, fn, "rstd", type)))
         goto done;
     if (phase_shape(x, n_phases, fn, &M, &D) || check_length(w, D, fn, "weight") ||
-        check_same_shape(dy, x, fn, "dy"))
+        check_same_shape(dy, x, fn, "dy", "x"))
         goto done;
     if (PyArray_SIZE(rstd) != M * n_phases) {
         PyErr_Format(PyExc_ValueError, "tpt_ops.numpy.%s: argument 'rstd' must have %ld elements", fn, (long)(M * n_phases));
@@ -163,6 +165,175 @@ done:
     return result;
 }
 
+/* ---- Givens phase rotation (csrc/cpu/rotate.h) ---------------------------- */
+
+/* Phase width P = D / n_phases must be even; theta has P/2 entries. */
+static int check_pairs(npy_intp D, long n_phases, const char* fn) {
+    if ((D / n_phases) % 2) {
+        PyErr_Format(PyExc_ValueError, "tpt_ops.numpy.%s: the phase width P=%ld is odd; the rotation needs channel pairs",
+                     fn, (long)(D / n_phases));
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject* np_phase_rotate_forward(PyObject* self, PyObject* args, PyObject* kw) {
+    static char* names[] = {"x", "theta", "n_phases", NULL};
+    const char* fn = "phase_rotate_forward";
+    PyObject *xo, *to;
+    long n_phases = 1;
+    (void)self;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOl", names, &xo, &to, &n_phases)) return NULL;
+    PyArrayObject *x = NULL, *theta = NULL, *y = NULL;
+    PyObject* result = NULL;
+    npy_intp M, D;
+    if (!(x = float_array(xo, fn, "x", NPY_NOTYPE)) || !(theta = float_array(to, fn, "theta", PyArray_TYPE(x)))) goto done;
+    if (phase_shape(x, n_phases, fn, &M, &D) || check_pairs(D, n_phases, fn) ||
+        check_length(theta, D / n_phases / 2, fn, "theta"))
+        goto done;
+    if (!(y = new_like(x))) goto done;
+    int status;
+    Py_BEGIN_ALLOW_THREADS
+    status = DT(x) == TPT_FLOAT64
+        ? phase_rotate_forward_f64(PyArray_DATA(y), PyArray_DATA(x), PyArray_DATA(theta), TPT_FLOAT64, 0, M, D, n_phases)
+        : phase_rotate_forward_f32(PyArray_DATA(y), PyArray_DATA(x), PyArray_DATA(theta), TPT_FLOAT32, 0, M, D, n_phases);
+    Py_END_ALLOW_THREADS
+    if (kernel_status(status, fn)) result = Py_BuildValue("O", y);
+done:
+    Py_XDECREF(x); Py_XDECREF(theta); Py_XDECREF(y);
+    return result;
+}
+
+static PyObject* np_phase_rotate_backward(PyObject* self, PyObject* args, PyObject* kw) {
+    static char* names[] = {"dy", "y", "theta", "n_phases", NULL};
+    const char* fn = "phase_rotate_backward";
+    PyObject *dyo, *yo, *to;
+    long n_phases = 1;
+    (void)self;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOl", names, &dyo, &yo, &to, &n_phases)) return NULL;
+    PyArrayObject *dy = NULL, *y = NULL, *theta = NULL, *dx = NULL, *dtheta = NULL, *partials = NULL;
+    PyObject* result = NULL;
+    npy_intp M, D;
+    if (!(y = float_array(yo, fn, "y", NPY_NOTYPE))) goto done;
+    const int type = PyArray_TYPE(y);
+    if (!(dy = float_array(dyo, fn, "dy", type)) || !(theta = float_array(to, fn, "theta", type))) goto done;
+    if (phase_shape(y, n_phases, fn, &M, &D) || check_pairs(D, n_phases, fn) ||
+        check_length(theta, D / n_phases / 2, fn, "theta") || check_same_shape(dy, y, fn, "dy", "y"))
+        goto done;
+    npy_intp H = D / n_phases / 2, n_blocks = tpt_num_row_blocks(M);
+    npy_intp pdims[2] = {n_blocks, H};
+    if (!(dx = new_like(y)) || !(dtheta = new_array(1, &H, type)) || !(partials = new_array(2, pdims, type))) goto done;
+    int status;
+    Py_BEGIN_ALLOW_THREADS
+    status = type == NPY_DOUBLE
+        ? phase_rotate_backward_f64(PyArray_DATA(dx), PyArray_DATA(partials), PyArray_DATA(dy), PyArray_DATA(y),
+                                    PyArray_DATA(theta), TPT_FLOAT64, 0, n_blocks, M, D, n_phases)
+        : phase_rotate_backward_f32(PyArray_DATA(dx), PyArray_DATA(partials), PyArray_DATA(dy), PyArray_DATA(y),
+                                    PyArray_DATA(theta), TPT_FLOAT32, 0, n_blocks, M, D, n_phases);
+    if (status == TPT_OK) sum_partials(dtheta, partials, n_blocks, H);
+    Py_END_ALLOW_THREADS
+    if (kernel_status(status, fn)) result = Py_BuildValue("OO", dx, dtheta);
+done:
+    Py_XDECREF(dy); Py_XDECREF(y); Py_XDECREF(theta); Py_XDECREF(dx); Py_XDECREF(dtheta); Py_XDECREF(partials);
+    return result;
+}
+
+/* ---- fused block ops (csrc/cpu/block.h); theta=None is add_norm ----------- */
+
+static PyObject* np_add_rotate_norm_forward(PyObject* self, PyObject* args, PyObject* kw) {
+    static char* names[] = {"h", "a", "theta", "weight", "n_phases", "eps", NULL};
+    const char* fn = "add_rotate_norm_forward";
+    PyObject *ho, *ao, *to, *wo;
+    long n_phases = 1;
+    double eps = 1e-6;
+    (void)self;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOOl|d", names, &ho, &ao, &to, &wo, &n_phases, &eps)) return NULL;
+    PyArrayObject *h = NULL, *a = NULL, *theta = NULL, *w = NULL, *h_new = NULL, *normed = NULL, *rstd = NULL;
+    PyObject* result = NULL;
+    npy_intp M, D;
+    if (!(h = float_array(ho, fn, "h", NPY_NOTYPE))) goto done;
+    const int type = PyArray_TYPE(h);
+    if (!(a = float_array(ao, fn, "a", type)) || !(w = float_array(wo, fn, "weight", type))) goto done;
+    if (to != Py_None && !(theta = float_array(to, fn, "theta", type))) goto done;
+    if (phase_shape(h, n_phases, fn, &M, &D) || check_length(w, D, fn, "weight") || check_same_shape(a, h, fn, "a", "h"))
+        goto done;
+    if (theta && (check_pairs(D, n_phases, fn) || check_length(theta, D / n_phases / 2, fn, "theta"))) goto done;
+    npy_intp rstd_dims[NPY_MAXDIMS];
+    for (int d = 0; d < PyArray_NDIM(h); d++) rstd_dims[d] = PyArray_DIM(h, d);
+    rstd_dims[PyArray_NDIM(h) - 1] = n_phases;
+    if (!(h_new = new_like(h)) || !(normed = new_like(h)) || !(rstd = new_array(PyArray_NDIM(h), rstd_dims, type)))
+        goto done;
+    void* th = theta ? PyArray_DATA(theta) : NULL;
+    int status;
+    Py_BEGIN_ALLOW_THREADS
+    status = type == NPY_DOUBLE
+        ? add_rotate_norm_forward_f64(PyArray_DATA(h_new), PyArray_DATA(normed), PyArray_DATA(rstd), PyArray_DATA(h),
+                                      TPT_FLOAT64, PyArray_DATA(a), TPT_FLOAT64, th, PyArray_DATA(w), 0, M, D, n_phases, eps)
+        : add_rotate_norm_forward_f32(PyArray_DATA(h_new), PyArray_DATA(normed), PyArray_DATA(rstd), PyArray_DATA(h),
+                                      TPT_FLOAT32, PyArray_DATA(a), TPT_FLOAT32, th, PyArray_DATA(w), 0, M, D, n_phases, eps);
+    Py_END_ALLOW_THREADS
+    if (kernel_status(status, fn)) result = Py_BuildValue("OOO", h_new, normed, rstd);
+done:
+    Py_XDECREF(h); Py_XDECREF(a); Py_XDECREF(theta); Py_XDECREF(w);
+    Py_XDECREF(h_new); Py_XDECREF(normed); Py_XDECREF(rstd);
+    return result;
+}
+
+static PyObject* np_add_rotate_norm_backward(PyObject* self, PyObject* args, PyObject* kw) {
+    static char* names[] = {"dh_new", "dnormed", "h_new", "theta", "weight", "rstd", "n_phases", NULL};
+    const char* fn = "add_rotate_norm_backward";
+    PyObject *dho, *dno, *ho, *to, *wo, *ro;
+    long n_phases = 1;
+    (void)self;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOOOOl", names, &dho, &dno, &ho, &to, &wo, &ro, &n_phases)) return NULL;
+    PyArrayObject *dh = NULL, *dn = NULL, *h = NULL, *theta = NULL, *w = NULL, *rstd = NULL;
+    PyArrayObject *dsum = NULL, *dtheta = NULL, *dw = NULL, *dth_partials = NULL, *dw_partials = NULL;
+    PyObject* result = NULL;
+    npy_intp M, D;
+    if (!(h = float_array(ho, fn, "h_new", NPY_NOTYPE))) goto done;
+    const int type = PyArray_TYPE(h);
+    if (!(dh = float_array(dho, fn, "dh_new", type)) || !(dn = float_array(dno, fn, "dnormed", type)) ||
+        !(w = float_array(wo, fn, "weight", type)) || !(rstd = float_array(ro, fn, "rstd", type)))
+        goto done;
+    if (to != Py_None && !(theta = float_array(to, fn, "theta", type))) goto done;
+    if (phase_shape(h, n_phases, fn, &M, &D) || check_length(w, D, fn, "weight") ||
+        check_same_shape(dh, h, fn, "dh_new", "h_new") || check_same_shape(dn, h, fn, "dnormed", "h_new"))
+        goto done;
+    if (theta && (check_pairs(D, n_phases, fn) || check_length(theta, D / n_phases / 2, fn, "theta"))) goto done;
+    if (PyArray_SIZE(rstd) != M * n_phases) {
+        PyErr_Format(PyExc_ValueError, "tpt_ops.numpy.%s: argument 'rstd' must have %ld elements", fn, (long)(M * n_phases));
+        goto done;
+    }
+    npy_intp H = theta ? D / n_phases / 2 : 0, n_blocks = tpt_num_row_blocks(M);
+    npy_intp wdims[2] = {n_blocks, D}, tdims[2] = {n_blocks, H};
+    if (!(dsum = new_like(h)) || !(dw = new_array(1, &D, type)) || !(dtheta = new_array(1, &H, type)) ||
+        !(dw_partials = new_array(2, wdims, type)) || !(dth_partials = new_array(2, tdims, type)))
+        goto done;
+    void* th = theta ? PyArray_DATA(theta) : NULL;
+    int status;
+    Py_BEGIN_ALLOW_THREADS
+    status = type == NPY_DOUBLE
+        ? add_rotate_norm_backward_f64(PyArray_DATA(dsum), PyArray_DATA(dth_partials), PyArray_DATA(dw_partials),
+                                       PyArray_DATA(dh), PyArray_DATA(dn), PyArray_DATA(h), th, PyArray_DATA(w),
+                                       PyArray_DATA(rstd), TPT_FLOAT64, 0, n_blocks, M, D, n_phases)
+        : add_rotate_norm_backward_f32(PyArray_DATA(dsum), PyArray_DATA(dth_partials), PyArray_DATA(dw_partials),
+                                       PyArray_DATA(dh), PyArray_DATA(dn), PyArray_DATA(h), th, PyArray_DATA(w),
+                                       PyArray_DATA(rstd), TPT_FLOAT32, 0, n_blocks, M, D, n_phases);
+    if (status == TPT_OK) {
+        sum_partials(dw, dw_partials, n_blocks, D);
+        sum_partials(dtheta, dth_partials, n_blocks, H);
+    }
+    Py_END_ALLOW_THREADS
+    if (kernel_status(status, fn)) {
+        if (theta) result = Py_BuildValue("OOO", dsum, dtheta, dw);
+        else result = Py_BuildValue("OOO", dsum, Py_None, dw);
+    }
+done:
+    Py_XDECREF(dh); Py_XDECREF(dn); Py_XDECREF(h); Py_XDECREF(theta); Py_XDECREF(w); Py_XDECREF(rstd);
+    Py_XDECREF(dsum); Py_XDECREF(dtheta); Py_XDECREF(dw); Py_XDECREF(dth_partials); Py_XDECREF(dw_partials);
+    return result;
+}
+
 /* ---- module ---------------------------------------------------------------- */
 
 #define METHOD(name, doc) {#name, (PyCFunction)(void (*)(void))np_##name, METH_VARARGS | METH_KEYWORDS, doc}
@@ -170,6 +341,12 @@ done:
 static PyMethodDef methods[] = {
     METHOD(phase_rmsnorm_forward, "phase_rmsnorm_forward(x, weight, n_phases=1, eps=1e-6) -> (y, rstd)"),
     METHOD(phase_rmsnorm_backward, "phase_rmsnorm_backward(dy, x, weight, rstd, n_phases=1) -> (dx, dweight)"),
+    METHOD(phase_rotate_forward, "phase_rotate_forward(x, theta, n_phases) -> y"),
+    METHOD(phase_rotate_backward, "phase_rotate_backward(dy, y, theta, n_phases) -> (dx, dtheta)"),
+    METHOD(add_rotate_norm_forward,
+           "add_rotate_norm_forward(h, a, theta, weight, n_phases, eps=1e-6) -> (h_new, normed, rstd); theta=None: add_norm"),
+    METHOD(add_rotate_norm_backward,
+           "add_rotate_norm_backward(dh_new, dnormed, h_new, theta, weight, rstd, n_phases) -> (dsum, dtheta, dweight)"),
     {NULL, NULL, 0, NULL},
 };
 
