@@ -10,8 +10,9 @@ import torch  # noqa: F401  (loads libtorch before the extension)
 from tpt_ops import _C  # noqa: F401  (registers torch.ops.tpt.*)
 from tpt_ops import numpy  # noqa: F401  (the NumPy face, tpt_ops.numpy)
 from tpt_ops.ops.block import add_norm, add_rotate_norm
+from tpt_ops.ops.horn import horn_embedding, horn_inject
 from tpt_ops.ops.norm import phase_rmsnorm
 from tpt_ops.ops.rotate import phase_rotate
 
-__all__ = ["phase_rmsnorm", "phase_rotate", "add_rotate_norm", "add_norm"]
+__all__ = ["phase_rmsnorm", "phase_rotate", "horn_inject", "horn_embedding", "add_rotate_norm", "add_norm"]
 __version__ = "0.1.0"

@@ -12,6 +12,10 @@ Wrong dtypes raise ``TypeError``, wrong shapes ``ValueError``.
 from tpt_ops._np import (  # noqa: F401
     add_rotate_norm_backward,
     add_rotate_norm_forward,
+    horn_embedding_backward,
+    horn_embedding_forward,
+    horn_inject_backward,
+    horn_inject_forward,
     phase_rmsnorm_backward,
     phase_rmsnorm_forward,
     phase_rotate_backward,
@@ -39,4 +43,8 @@ __all__ = [
     "add_rotate_norm_backward",
     "add_norm_forward",
     "add_norm_backward",
+    "horn_inject_forward",
+    "horn_inject_backward",
+    "horn_embedding_forward",
+    "horn_embedding_backward",
 ]

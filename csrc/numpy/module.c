@@ -10,6 +10,7 @@
 #include <numpy/arrayobject.h>
 
 #include "cpu/block.h"
+#include "cpu/horn.h"
 #include "cpu/norm.h"
 #include "cpu/rotate.h"
 
@@ -334,6 +335,170 @@ done:
     return result;
 }
 
+/* ---- Gabriel's-horn injection (csrc/cpu/horn.h) --------------------------- */
+
+static int check_offset(long offset, const char* fn) {
+    if (offset < 0) {
+        PyErr_Format(PyExc_ValueError, "tpt_ops.numpy.%s: offset must be >= 0, got %ld", fn, offset);
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject* np_horn_inject_forward(PyObject* self, PyObject* args, PyObject* kw) {
+    static char* names[] = {"x", "n_phases", "offset", NULL};
+    const char* fn = "horn_inject_forward";
+    PyObject* xo;
+    long n_phases = 1, offset = 0;
+    (void)self;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "Ol|l", names, &xo, &n_phases, &offset)) return NULL;
+    PyArrayObject *x = NULL, *y = NULL;
+    PyObject* result = NULL;
+    npy_intp M, D;
+    if (!(x = float_array(xo, fn, "x", NPY_NOTYPE))) goto done;
+    if (PyArray_NDIM(x) < 2) {
+        PyErr_Format(PyExc_ValueError, "tpt_ops.numpy.%s: argument 'x' must be [..., T, D] (at least 2 dims)", fn);
+        goto done;
+    }
+    if (phase_shape(x, n_phases, fn, &M, &D) || check_offset(offset, fn) || !(y = new_like(x))) goto done;
+    const npy_intp T = PyArray_DIM(x, PyArray_NDIM(x) - 2);
+    int status;
+    Py_BEGIN_ALLOW_THREADS
+    status = DT(x) == TPT_FLOAT64
+        ? horn_inject_forward_f64(PyArray_DATA(y), PyArray_DATA(x), TPT_FLOAT64, 0, M, T, D, offset)
+        : horn_inject_forward_f32(PyArray_DATA(y), PyArray_DATA(x), TPT_FLOAT32, 0, M, T, D, offset);
+    Py_END_ALLOW_THREADS
+    if (kernel_status(status, fn)) result = Py_BuildValue("O", y);
+done:
+    Py_XDECREF(x); Py_XDECREF(y);
+    return result;
+}
+
+static PyObject* np_horn_inject_backward(PyObject* self, PyObject* args, PyObject* kw) {
+    static char* names[] = {"dy", "n_phases", NULL};
+    const char* fn = "horn_inject_backward";
+    PyObject* dyo;
+    long n_phases = 1;
+    (void)self;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "Ol", names, &dyo, &n_phases)) return NULL;
+    PyArrayObject *dy = NULL, *dx = NULL;
+    PyObject* result = NULL;
+    npy_intp M, D;
+    if (!(dy = float_array(dyo, fn, "dy", NPY_NOTYPE)) || phase_shape(dy, n_phases, fn, &M, &D) || !(dx = new_like(dy)))
+        goto done;
+    int status;
+    Py_BEGIN_ALLOW_THREADS
+    status = DT(dy) == TPT_FLOAT64 ? horn_inject_backward_f64(PyArray_DATA(dx), PyArray_DATA(dy), TPT_FLOAT64, 0, M, D)
+                                   : horn_inject_backward_f32(PyArray_DATA(dx), PyArray_DATA(dy), TPT_FLOAT32, 0, M, D);
+    Py_END_ALLOW_THREADS
+    if (kernel_status(status, fn)) result = Py_BuildValue("O", dx);
+done:
+    Py_XDECREF(dy); Py_XDECREF(dx);
+    return result;
+}
+
+/* ids as a C-contiguous int64 array of 1 or 2 dims, all in [0, V). */
+static PyArrayObject* ids_array(PyObject* obj, npy_intp V, const char* fn) {
+    PyArrayObject* probe = (PyArrayObject*)PyArray_FROM_OF(obj, 0);
+    if (!probe) return NULL;
+    const int is_int = PyArray_ISINTEGER(probe), nd = PyArray_NDIM(probe);
+    Py_DECREF(probe);
+    if (!is_int) {
+        PyErr_Format(PyExc_TypeError, "tpt_ops.numpy.%s: argument 'ids' must be an integer array", fn);
+        return NULL;
+    }
+    if (nd != 1 && nd != 2) {
+        PyErr_Format(PyExc_ValueError, "tpt_ops.numpy.%s: argument 'ids' must be [T] or [B, T]", fn);
+        return NULL;
+    }
+    PyArrayObject* ids = (PyArrayObject*)PyArray_FROM_OTF(obj, NPY_INT64, NPY_ARRAY_C_CONTIGUOUS | NPY_ARRAY_ALIGNED);
+    if (!ids) return NULL;
+    const int64_t* p = PyArray_DATA(ids);
+    const int64_t bad = horn_first_bad_id(p, PyArray_SIZE(ids), V);
+    if (bad >= 0) {
+        PyErr_Format(PyExc_ValueError, "tpt_ops.numpy.%s: argument 'ids' holds %lld at flat index %lld, out of range for a table of %ld rows",
+                     fn, (long long)p[bad], (long long)bad, (long)V);
+        Py_DECREF(ids);
+        return NULL;
+    }
+    return ids;
+}
+
+static PyObject* np_horn_embedding_forward(PyObject* self, PyObject* args, PyObject* kw) {
+    static char* names[] = {"ids", "table", "n_phases", "offset", NULL};
+    const char* fn = "horn_embedding_forward";
+    PyObject *io, *to;
+    long n_phases = 1, offset = 0;
+    (void)self;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOl|l", names, &io, &to, &n_phases, &offset)) return NULL;
+    PyArrayObject *ids = NULL, *table = NULL, *y = NULL;
+    PyObject* result = NULL;
+    npy_intp V, D;
+    if (!(table = float_array(to, fn, "table", NPY_NOTYPE))) goto done;
+    if (PyArray_NDIM(table) != 2) {
+        PyErr_Format(PyExc_ValueError, "tpt_ops.numpy.%s: argument 'table' must be [V, D]", fn);
+        goto done;
+    }
+    if (phase_shape(table, n_phases, fn, &V, &D) || check_offset(offset, fn)) goto done;
+    V = PyArray_DIM(table, 0);
+    if (!(ids = ids_array(io, V, fn))) goto done;
+    npy_intp dims[3];
+    for (int d = 0; d < PyArray_NDIM(ids); d++) dims[d] = PyArray_DIM(ids, d);
+    dims[PyArray_NDIM(ids)] = D;
+    if (!(y = new_array(PyArray_NDIM(ids) + 1, dims, PyArray_TYPE(table)))) goto done;
+    const npy_intp M = PyArray_SIZE(ids), T = PyArray_DIM(ids, PyArray_NDIM(ids) - 1);
+    int status;
+    Py_BEGIN_ALLOW_THREADS
+    status = DT(table) == TPT_FLOAT64
+        ? horn_embedding_forward_f64(PyArray_DATA(y), PyArray_DATA(ids), PyArray_DATA(table), TPT_FLOAT64, 0, M, T, D, offset)
+        : horn_embedding_forward_f32(PyArray_DATA(y), PyArray_DATA(ids), PyArray_DATA(table), TPT_FLOAT32, 0, M, T, D, offset);
+    Py_END_ALLOW_THREADS
+    if (kernel_status(status, fn)) result = Py_BuildValue("O", y);
+done:
+    Py_XDECREF(ids); Py_XDECREF(table); Py_XDECREF(y);
+    return result;
+}
+
+static PyObject* np_horn_embedding_backward(PyObject* self, PyObject* args, PyObject* kw) {
+    static char* names[] = {"dy", "ids", "vocab_size", "n_phases", NULL};
+    const char* fn = "horn_embedding_backward";
+    PyObject *dyo, *io;
+    long vocab_size = 0, n_phases = 1;
+    (void)self;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOll", names, &dyo, &io, &vocab_size, &n_phases)) return NULL;
+    PyArrayObject *dy = NULL, *ids = NULL, *dtable = NULL, *order = NULL, *offsets = NULL;
+    PyObject* result = NULL;
+    npy_intp M, D;
+    if (vocab_size < 0) {
+        PyErr_Format(PyExc_ValueError, "tpt_ops.numpy.%s: vocab_size must be >= 0", fn);
+        return NULL;
+    }
+    if (!(dy = float_array(dyo, fn, "dy", NPY_NOTYPE)) || phase_shape(dy, n_phases, fn, &M, &D) ||
+        !(ids = ids_array(io, vocab_size, fn)))
+        goto done;
+    if (PyArray_SIZE(ids) != M) {
+        PyErr_Format(PyExc_ValueError, "tpt_ops.numpy.%s: argument 'dy' must have the shape of ids plus [D]", fn);
+        goto done;
+    }
+    npy_intp dims[2] = {vocab_size, D}, n_offsets = vocab_size + 1;
+    if (!(dtable = new_array(2, dims, PyArray_TYPE(dy))) || !(order = new_array(1, &M, NPY_INT64)) ||
+        !(offsets = new_array(1, &n_offsets, NPY_INT64)))
+        goto done;
+    int status;
+    Py_BEGIN_ALLOW_THREADS
+    horn_embedding_group(PyArray_DATA(order), PyArray_DATA(offsets), PyArray_DATA(ids), M, vocab_size);
+    status = DT(dy) == TPT_FLOAT64
+        ? horn_embedding_backward_f64(PyArray_DATA(dtable), PyArray_DATA(dy), PyArray_DATA(order), PyArray_DATA(offsets),
+                                      TPT_FLOAT64, 0, vocab_size, D)
+        : horn_embedding_backward_f32(PyArray_DATA(dtable), PyArray_DATA(dy), PyArray_DATA(order), PyArray_DATA(offsets),
+                                      TPT_FLOAT32, 0, vocab_size, D);
+    Py_END_ALLOW_THREADS
+    if (kernel_status(status, fn)) result = Py_BuildValue("O", dtable);
+done:
+    Py_XDECREF(dy); Py_XDECREF(ids); Py_XDECREF(dtable); Py_XDECREF(order); Py_XDECREF(offsets);
+    return result;
+}
+
 /* ---- module ---------------------------------------------------------------- */
 
 #define METHOD(name, doc) {#name, (PyCFunction)(void (*)(void))np_##name, METH_VARARGS | METH_KEYWORDS, doc}
@@ -347,6 +512,10 @@ static PyMethodDef methods[] = {
            "add_rotate_norm_forward(h, a, theta, weight, n_phases, eps=1e-6) -> (h_new, normed, rstd); theta=None: add_norm"),
     METHOD(add_rotate_norm_backward,
            "add_rotate_norm_backward(dh_new, dnormed, h_new, theta, weight, rstd, n_phases) -> (dsum, dtheta, dweight)"),
+    METHOD(horn_inject_forward, "horn_inject_forward(x, n_phases, offset=0) -> y"),
+    METHOD(horn_inject_backward, "horn_inject_backward(dy, n_phases) -> dx"),
+    METHOD(horn_embedding_forward, "horn_embedding_forward(ids, table, n_phases, offset=0) -> y"),
+    METHOD(horn_embedding_backward, "horn_embedding_backward(dy, ids, vocab_size, n_phases) -> dtable"),
     {NULL, NULL, 0, NULL},
 };
 
