@@ -1,0 +1,99 @@
+"""Configuration of a Three-Phase Transformer and of its matched RoPE-only baseline."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from tpt_ops.nn.attention import check_heads
+from tpt_ops.nn.backend import check_backend
+
+
+@dataclass(frozen=True)
+class TPTConfig:
+    """Sizes and switches of a :class:`~tpt_ops.models.ThreePhaseTransformer`.
+
+    The three 3PT switches are independent; all three off is the matched
+    RoPE-only baseline (:meth:`baseline`): plain RMSNorm (N=1), no rotation,
+    plain embedding, the same sizes otherwise. ``head_dim = d_model / n_q_heads``.
+
+    Every inconsistency raises ``ValueError`` here, at construction:
+    ``d_model`` not divisible by ``n_phases``, heads not phase-aligned
+    (``n_q_heads`` and ``n_kv_heads`` both divisible by ``n_phases``), an odd
+    phase width ``d_model / n_phases`` with rotation on, ``n_q_heads`` not a
+    multiple of ``n_kv_heads``, ``d_model`` not divisible by ``n_q_heads``, an
+    odd head_dim (RoPE), non-positive sizes, an unknown backend. The phase
+    constraints apply only when some 3PT feature is on.
+    """
+
+    vocab_size: int = 256
+    d_model: int = 192
+    n_layers: int = 4
+    n_q_heads: int = 6
+    n_kv_heads: int = 3
+    n_phases: int = 3
+    d_ff: int = 512
+    max_seq_len: int = 512
+    use_rotation: bool = True
+    use_horn: bool = True
+    use_phase_norm: bool = True
+    eps: float = 1e-6
+    rope_base: float = 10000.0
+    backend: str = "fused"
+
+    def __post_init__(self) -> None:
+        for name in ("vocab_size", "d_model", "n_layers", "n_q_heads", "n_kv_heads", "n_phases", "d_ff",
+                     "max_seq_len"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"TPTConfig.{name} must be a positive int, got {value!r}")
+        if not self.eps > 0:
+            raise ValueError(f"TPTConfig.eps must be > 0, got {self.eps!r}")
+        if not self.rope_base > 0:
+            raise ValueError(f"TPTConfig.rope_base must be > 0, got {self.rope_base!r}")
+        check_backend(self.backend)
+        N = self.phases
+        if self.d_model % N != 0:
+            raise ValueError(f"TPTConfig: d_model ({self.d_model}) must be divisible by n_phases ({N})")
+        if self.use_rotation and (self.d_model // N) % 2 != 0:
+            raise ValueError(f"TPTConfig: the phase width d_model/n_phases = {self.d_model // N} must be "
+                             "even when use_rotation=True (channels rotate in pairs)")
+        try:
+            check_heads(self.d_model, self.n_q_heads, self.n_kv_heads, N)
+        except ValueError as e:
+            raise ValueError(f"TPTConfig: {e}") from None
+
+    @property
+    def is_3pt(self) -> bool:
+        """True when any 3PT feature (rotation, horn, per-phase norms) is on."""
+        return self.use_rotation or self.use_horn or self.use_phase_norm
+
+    @property
+    def phases(self) -> int:
+        """The phase count the model actually uses: ``n_phases``, or 1 for the baseline."""
+        return self.n_phases if self.is_3pt else 1
+
+    @property
+    def norm_phases(self) -> int:
+        """Phases of every RMSNorm: ``n_phases`` with ``use_phase_norm``, else 1 (plain RMSNorm)."""
+        return self.n_phases if self.use_phase_norm else 1
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_q_heads
+
+    def replace(self, **changes) -> "TPTConfig":
+        """A copy with ``changes`` applied (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+    def baseline(self) -> "TPTConfig":
+        """The matched RoPE-only baseline: the same sizes with all three 3PT switches off."""
+        return self.replace(use_rotation=False, use_horn=False, use_phase_norm=False)
+
+    @classmethod
+    def paper_123m(cls, vocab_size: int = 32000, **changes) -> "TPTConfig":
+        """The paper's 123M configuration (d_model 768, 12 layers, 12 q / 3 kv heads, d_ff 2048,
+        RoPE/mask capacity 2048, Llama-2 vocabulary of 32000)."""
+        sizes = dict(vocab_size=vocab_size, d_model=768, n_layers=12, n_q_heads=12, n_kv_heads=3, n_phases=3,
+                     d_ff=2048, max_seq_len=2048)
+        sizes.update(changes)
+        return cls(**sizes)

@@ -1,0 +1,176 @@
+"""The Three-Phase Transformer language model."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from tpt_ops.models.config import TPTConfig
+from tpt_ops.nn.attention import KVCache, RotaryEmbedding
+from tpt_ops.nn.backend import check_backend
+from tpt_ops.nn.block import ThreePhaseBlock
+from tpt_ops.nn.embedding import HornEmbedding
+from tpt_ops.nn.norm import PhaseRMSNorm
+
+
+class ThreePhaseTransformer(nn.Module):
+    """Decoder-only 3PT language model (SPEC 1): ``model(ids [B, T]) -> logits [B, T, vocab]``.
+
+    embedding (+ Gabriel's horn) -> ``n_layers`` x :class:`ThreePhaseBlock`
+    -> final (per-phase) RMSNorm -> bias-free untied head. The forward chains
+    the fused ops: the embedding output is normed once, then every block
+    returns its output already normed by the next norm (the next block's
+    ``norm1``, or ``norm_f`` after the last block), so each block makes two
+    fused passes over ``h`` instead of four unfused ones.
+
+    ``config.backend`` ("fused" | "reference") selects the op implementations;
+    parameters and state_dict are the same for both (change it later with
+    :attr:`backend`). Initialisation follows the reference implementation:
+    PyTorch defaults (``nn.Linear`` / ``nn.Embedding``), norm weights 1,
+    rotation angles ``(i+1)*pi/(2*n_layers)``.
+
+    State-dict names: ``embedding.weight``, ``blocks.{i}.norm1.weight``,
+    ``blocks.{i}.attn.qkv.weight`` ([W_q; W_k; W_v]), ``blocks.{i}.attn.o.weight``,
+    ``blocks.{i}.rotation.theta``, ``blocks.{i}.norm2.weight``,
+    ``blocks.{i}.ffn.gate_up.weight`` ([W_gate; W_up]), ``blocks.{i}.ffn.down.weight``,
+    ``norm_f.weight``, ``head.weight``.
+    """
+
+    def __init__(self, config: TPTConfig, device: torch.device | str | None = None,
+                 dtype: torch.dtype | None = None) -> None:
+        super().__init__()
+        self.config = config
+        c = config
+        factory = {"device": device, "dtype": dtype}
+        self.embedding = HornEmbedding(c.vocab_size, c.d_model, c.phases, horn=c.use_horn, backend=c.backend,
+                                       **factory)
+        self.rope = RotaryEmbedding(c.head_dim, c.max_seq_len, c.rope_base, device=device)
+        self.blocks = nn.ModuleList(
+            ThreePhaseBlock(c.d_model, c.n_q_heads, c.n_kv_heads, c.d_ff, c.phases, i, c.n_layers,
+                            use_rotation=c.use_rotation, use_phase_norm=c.use_phase_norm, eps=c.eps,
+                            backend=c.backend, **factory)
+            for i in range(c.n_layers))
+        self.norm_f = PhaseRMSNorm(c.d_model, c.norm_phases, c.eps, c.backend, **factory)
+        self.head = nn.Linear(c.d_model, c.vocab_size, bias=False, **factory)
+
+    # ------------------------------------------------------------------ setup
+
+    @property
+    def backend(self) -> str:
+        """The op backend of every sub-module; assigning switches all of them."""
+        return self.config.backend
+
+    @backend.setter
+    def backend(self, backend: str) -> None:
+        check_backend(backend)
+        self.config = self.config.replace(backend=backend)
+        for module in self.modules():
+            if module is not self and hasattr(module, "backend"):
+                module.backend = backend
+
+    def reset_parameters(self) -> None:
+        """Re-initialises every parameter (and recomputes the RoPE tables)."""
+        self.embedding.reset_parameters()
+        self.rope.reset_parameters()
+        for block in self.blocks:
+            block.reset_parameters()
+        self.norm_f.reset_parameters()
+        self.head.reset_parameters()
+
+    def num_parameters(self, exclude_embedding: bool = False) -> int:
+        """Number of parameters (optionally without the embedding table)."""
+        n = sum(p.numel() for p in self.parameters())
+        return n - self.embedding.weight.numel() if exclude_embedding else n
+
+    def new_kv_cache(self, capacity: int | None = None) -> KVCache:
+        """An empty KV cache for up to ``capacity`` (default ``max_seq_len``) positions."""
+        return KVCache(len(self.blocks), capacity or self.config.max_seq_len)
+
+    # ---------------------------------------------------------------- forward
+
+    def forward(self, ids: Tensor, kv_cache: KVCache | None = None, last_only: bool = False) -> Tensor:
+        """Logits ``[B, T, vocab]`` for token ids ``[B, T]``.
+
+        With ``kv_cache`` the tokens continue the cached sequence: their
+        absolute positions (for RoPE and the horn) start at
+        ``kv_cache.length``, and the cache is advanced by ``T``. With
+        ``last_only`` only the last position's logits are computed (``[B, 1, vocab]``).
+        """
+        if ids.dim() != 2:
+            raise ValueError(f"ThreePhaseTransformer: ids must be [B, T], got shape {list(ids.shape)}")
+        T = ids.shape[1]
+        offset = kv_cache.length if kv_cache is not None else 0
+        cos, sin_signed = self.rope(offset, T)
+        h = self.embedding(ids, offset)
+        blocks = self.blocks
+        normed = blocks[0].norm1(h)
+        for i, block in enumerate(blocks):
+            next_norm = blocks[i + 1].norm1 if i + 1 < len(blocks) else self.norm_f
+            h, normed = block(h, cos, sin_signed, normed, next_norm, kv_cache)
+        if kv_cache is not None:
+            kv_cache.advance(T)
+        if last_only:
+            normed = normed[:, -1:]
+        return self.head(normed)
+
+    # ------------------------------------------------------------- generation
+
+    @torch.no_grad()
+    def generate(self, ids: Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
+                 generator: torch.Generator | None = None) -> Tensor:
+        """Samples ``max_new_tokens`` tokens after the prompt ``ids`` (``[B, T]`` or ``[T]``).
+
+        Uses a KV cache; each new token is embedded at its true absolute
+        position (horn and RoPE), so step-by-step decoding computes exactly
+        what a full forward over the same tokens would. ``temperature=0`` is
+        greedy (argmax, deterministic); ``top_k`` keeps the k most likely
+        tokens before sampling. Returns the prompt followed by the new tokens,
+        in the prompt's shape convention. The model is in eval mode during
+        the call and restored afterwards.
+        """
+        squeeze = ids.dim() == 1
+        if squeeze:
+            ids = ids[None]
+        if max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+        total = ids.shape[1] + max_new_tokens
+        if total > self.config.max_seq_len:
+            raise ValueError(f"prompt ({ids.shape[1]}) + max_new_tokens ({max_new_tokens}) exceeds "
+                             f"max_seq_len ({self.config.max_seq_len})")
+        out = [ids]
+        if max_new_tokens > 0:
+            was_training = self.training
+            self.eval()
+            try:
+                cache = self.new_kv_cache(max(total - 1, ids.shape[1]))
+                logits = self(ids, cache, last_only=True)[:, -1]
+                for step in range(max_new_tokens):
+                    token = sample_next(logits, temperature, top_k, generator)
+                    out.append(token)
+                    if step + 1 < max_new_tokens:
+                        logits = self(token, cache, last_only=True)[:, -1]
+            finally:
+                self.train(was_training)
+        result = torch.cat(out, dim=1)
+        return result[0] if squeeze else result
+
+
+def sample_next(logits: Tensor, temperature: float = 1.0, top_k: int | None = None,
+                generator: torch.Generator | None = None) -> Tensor:
+    """Next token ids ``[B, 1]`` from last-position logits ``[B, vocab]``.
+
+    ``temperature == 0``: argmax. Otherwise softmax(logits / temperature),
+    restricted to the ``top_k`` largest logits when given, sampled with
+    ``generator``.
+    """
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    if top_k is not None and top_k < 1:
+        raise ValueError(f"top_k must be >= 1, got {top_k}")
+    if temperature == 0:
+        return logits.argmax(dim=-1, keepdim=True)
+    logits = logits.float() / temperature
+    if top_k is not None and top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    return torch.multinomial(F.softmax(logits, dim=-1), 1, generator=generator)

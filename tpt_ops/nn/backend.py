@@ -1,0 +1,77 @@
+"""Backend selection: the same model on the C kernels or on the plain-PyTorch references.
+
+Every module of :mod:`tpt_ops.nn` that uses a 3PT op takes ``backend``:
+
+* ``"fused"``     the functional ops exported by :mod:`tpt_ops` (C kernels,
+  registered as ``torch.ops.tpt.*``);
+* ``"reference"`` the same-named functions of :mod:`tpt_ops.reference`
+  (plain PyTorch, the ground truth and the "unfused" baseline).
+
+Both expose the same six functions with the same signatures, so a model's
+math, parameters and state_dict do not depend on the backend.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import tpt_ops
+import tpt_ops.reference
+
+BACKENDS = ("fused", "reference")
+
+#: The functional ops a backend must provide (names and signatures of tpt_ops.reference).
+OP_NAMES = ("phase_rmsnorm", "phase_rotate", "horn_inject", "horn_embedding", "add_rotate_norm", "add_norm")
+
+_MODULES = {"fused": tpt_ops, "reference": tpt_ops.reference}
+
+
+@dataclass(frozen=True)
+class Ops:
+    """The functional 3PT ops of one backend (see ``tpt_ops.reference`` for their math)."""
+
+    backend: str
+    phase_rmsnorm: Callable
+    phase_rotate: Callable
+    horn_inject: Callable
+    horn_embedding: Callable
+    add_rotate_norm: Callable
+    add_norm: Callable
+
+
+_CACHE: dict[str, Ops] = {}
+
+
+def check_backend(backend: str) -> str:
+    """Returns ``backend`` if it names a backend, else raises ``ValueError``."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    return backend
+
+
+def _unavailable(module: str, name: str) -> Callable:
+    def op(*args, **kwargs):
+        raise NotImplementedError(
+            f"{module}.{name} is not available (its kernel is not in this build); use backend='reference'")
+    op.__name__ = name
+    return op
+
+
+def ops_for(backend: str) -> Ops:
+    """The functional ops of ``backend`` ("fused" or "reference").
+
+    Raises ``ValueError`` for an unknown backend. A fused op that
+    :mod:`tpt_ops` does not export (kernel not built yet) is replaced by a
+    stub raising ``NotImplementedError`` when called, so the ops that exist
+    stay usable; such a partial set is not cached.
+    """
+    ops = _CACHE.get(backend)
+    if ops is not None:
+        return ops
+    check_backend(backend)
+    module = _MODULES[backend]
+    found = {name: getattr(module, name, None) for name in OP_NAMES}
+    ops = Ops(backend, **{name: fn or _unavailable(module.__name__, name) for name, fn in found.items()})
+    if all(found.values()):
+        _CACHE[backend] = ops
+    return ops

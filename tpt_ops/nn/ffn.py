@@ -1,0 +1,36 @@
+"""SwiGLU feed-forward network."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class SwiGLU(nn.Module):
+    """``down(silu(gate(x)) * up(x))``, bias-free.
+
+    ``gate`` and ``up`` are one fused matmul: ``gate_up.weight`` is the
+    row-wise concatenation ``[W_gate; W_up]`` (``[2*d_ff, d_model]``).
+    """
+
+    def __init__(self, d_model: int, d_ff: int, device: torch.device | str | None = None,
+                 dtype: torch.dtype | None = None) -> None:
+        super().__init__()
+        if d_model < 1 or d_ff < 1:
+            raise ValueError(f"SwiGLU: d_model and d_ff must be >= 1, got {d_model}, {d_ff}")
+        self.d_model = d_model
+        self.d_ff = d_ff
+        self.gate_up = nn.Linear(d_model, 2 * d_ff, bias=False, device=device, dtype=dtype)
+        self.down = nn.Linear(d_ff, d_model, bias=False, device=device, dtype=dtype)
+
+    def reset_parameters(self) -> None:
+        """``nn.Linear``'s default init (as the reference does)."""
+        self.gate_up.reset_parameters()
+        self.down.reset_parameters()
+
+    def forward(self, x: Tensor) -> Tensor:
+        gate, up = self.gate_up(x).chunk(2, dim=-1)
+        return self.down(F.silu(gate) * up)
+
+    def extra_repr(self) -> str:
+        return f"d_model={self.d_model}, d_ff={self.d_ff}"
