@@ -5,6 +5,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from tpt_ops.nn.backend import check_backend
+
 
 def check_heads(d_model: int, n_q_heads: int, n_kv_heads: int, n_phases: int = 1) -> int:
     """Validates a phase-aligned GQA head layout and returns ``head_dim = d_model // n_q_heads``.
@@ -78,6 +80,11 @@ def rotate_half(x: Tensor) -> Tensor:
     return torch.cat((-x2, x1), dim=-1)
 
 
+def apply_rotary_reference(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Textbook RoPE, ``x * cos + rotate_half(x) * sin`` (``sin = [sin a, sin a]``), for ``x`` ``[B, T, H, hd]``."""
+    return (x * cos[:, None, :] + rotate_half(x) * sin[:, None, :]).to(x.dtype)
+
+
 def apply_rotary(x: Tensor, cos: Tensor, sin_signed: Tensor) -> Tensor:
     """RoPE (rotate-half) on ``x`` ``[B, T, H, head_dim]`` with tables ``[T, head_dim]`` from :class:`RotaryEmbedding`.
 
@@ -136,11 +143,18 @@ class GroupedQueryAttention(nn.Module):
     ``head_dim = d_model / n_q_heads``. RoPE (rotate-half) is applied to q and
     k; attention is ``F.scaled_dot_product_attention`` with scale
     ``1/sqrt(head_dim)``. Layout checks: :func:`check_heads`.
+
+    ``backend="reference"`` computes the same thing the way the paper's
+    reference code does, as the baseline the fused path is measured against:
+    three separate q, k, v matmuls (row blocks of ``qkv.weight``) and RoPE on
+    q and k separately in the textbook ``x*cos + rotate_half(x)*sin`` form.
     """
 
     def __init__(self, d_model: int, n_q_heads: int, n_kv_heads: int, n_phases: int = 1,
-                 device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> None:
+                 backend: str = "fused", device: torch.device | str | None = None,
+                 dtype: torch.dtype | None = None) -> None:
         super().__init__()
+        self.backend = check_backend(backend)
         self.head_dim = check_heads(d_model, n_q_heads, n_kv_heads, n_phases)
         self.d_model = d_model
         self.n_q_heads = n_q_heads
@@ -167,9 +181,16 @@ class GroupedQueryAttention(nn.Module):
         """
         B, T, _ = x.shape
         H, Hkv, hd = self.n_q_heads, self.n_kv_heads, self.head_dim
-        # split (not slicing): its backward concatenates instead of zero-filling
-        qk, v = self.qkv(x).unflatten(-1, (H + 2 * Hkv, hd)).split((H + Hkv, Hkv), dim=2)
-        q, k = apply_rotary(qk, cos, sin_signed).split((H, Hkv), dim=2)
+        if self.backend == "fused":
+            # split (not slicing): its backward concatenates instead of zero-filling
+            qk, v = self.qkv(x).unflatten(-1, (H + 2 * Hkv, hd)).split((H + Hkv, Hkv), dim=2)
+            q, k = apply_rotary(qk, cos, sin_signed).split((H, Hkv), dim=2)
+        else:
+            w_q, w_k, w_v = self.qkv.weight.split((self.q_dim, self.kv_dim, self.kv_dim))
+            sin = sin_signed[:, hd // 2:].repeat(1, 2)
+            q = apply_rotary_reference(F.linear(x, w_q).unflatten(-1, (H, hd)), cos, sin)
+            k = apply_rotary_reference(F.linear(x, w_k).unflatten(-1, (Hkv, hd)), cos, sin)
+            v = F.linear(x, w_v).unflatten(-1, (Hkv, hd))
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         mask, causal = None, True
         if kv_cache is not None:
@@ -185,4 +206,4 @@ class GroupedQueryAttention(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"d_model={self.d_model}, n_q_heads={self.n_q_heads}, n_kv_heads={self.n_kv_heads}, "
-                f"head_dim={self.head_dim}, n_phases={self.n_phases}")
+                f"head_dim={self.head_dim}, n_phases={self.n_phases}, backend={self.backend!r}")

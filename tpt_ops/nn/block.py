@@ -53,11 +53,11 @@ class ThreePhaseBlock(nn.Module):
         norm_phases = n_phases if use_phase_norm else 1
         factory = {"device": device, "dtype": dtype}
         self.norm1 = PhaseRMSNorm(d_model, norm_phases, eps, backend, **factory)
-        self.attn = GroupedQueryAttention(d_model, n_q_heads, n_kv_heads, n_phases, **factory)
+        self.attn = GroupedQueryAttention(d_model, n_q_heads, n_kv_heads, n_phases, backend, **factory)
         self.rotation = (PhaseRotation(d_model, n_phases, layer_idx, n_layers, backend, **factory)
                          if use_rotation else None)
         self.norm2 = PhaseRMSNorm(d_model, norm_phases, eps, backend, **factory)
-        self.ffn = SwiGLU(d_model, d_ff, **factory)
+        self.ffn = SwiGLU(d_model, d_ff, backend, **factory)
 
     def reset_parameters(self) -> None:
         """Re-initialises every sub-module."""
@@ -84,9 +84,9 @@ class ThreePhaseBlock(nn.Module):
         ops = ops_for(self.backend)
         if normed is None:
             normed = self.norm1(h)
+        # under autocast `a` and `f` are bfloat16/float16 while h stays float32:
+        # the fused ops take the mixed pair and keep h's dtype
         a = self.attn(normed, cos, sin_signed, kv_cache, self.layer_idx)
-        if a.dtype != h.dtype:  # autocast: keep the residual stream in its own dtype
-            a = a.to(h.dtype)
         n2, rot = self.norm2, self.rotation
         if rot is None:
             h, normed = ops.add_norm(h, a, n2.weight, n2.n_phases, n2.eps)
@@ -96,8 +96,6 @@ class ThreePhaseBlock(nn.Module):
             h = ops.phase_rotate(h + a, rot.theta, rot.n_phases)
             normed = ops.phase_rmsnorm(h, n2.weight, n2.n_phases, n2.eps)
         f = self.ffn(normed)
-        if f.dtype != h.dtype:
-            f = f.to(h.dtype)
         if next_norm is None:
             return h + f, None
         return ops.add_norm(h, f, next_norm.weight, next_norm.n_phases, next_norm.eps)

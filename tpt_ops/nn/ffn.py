@@ -5,17 +5,21 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from tpt_ops.nn.backend import check_backend
+
 
 class SwiGLU(nn.Module):
     """``down(silu(gate(x)) * up(x))``, bias-free.
 
     ``gate`` and ``up`` are one fused matmul: ``gate_up.weight`` is the
-    row-wise concatenation ``[W_gate; W_up]`` (``[2*d_ff, d_model]``).
+    row-wise concatenation ``[W_gate; W_up]`` (``[2*d_ff, d_model]``);
+    ``backend="reference"`` runs them as two matmuls, as the paper's code does.
     """
 
-    def __init__(self, d_model: int, d_ff: int, device: torch.device | str | None = None,
+    def __init__(self, d_model: int, d_ff: int, backend: str = "fused", device: torch.device | str | None = None,
                  dtype: torch.dtype | None = None) -> None:
         super().__init__()
+        self.backend = check_backend(backend)
         if d_model < 1 or d_ff < 1:
             raise ValueError(f"SwiGLU: d_model and d_ff must be >= 1, got {d_model}, {d_ff}")
         self.d_model = d_model
@@ -29,8 +33,12 @@ class SwiGLU(nn.Module):
         self.down.reset_parameters()
 
     def forward(self, x: Tensor) -> Tensor:
-        gate, up = self.gate_up(x).chunk(2, dim=-1)
+        if self.backend == "fused":
+            gate, up = self.gate_up(x).chunk(2, dim=-1)
+        else:
+            w_gate, w_up = self.gate_up.weight.chunk(2, dim=0)
+            gate, up = F.linear(x, w_gate), F.linear(x, w_up)
         return self.down(F.silu(gate) * up)
 
     def extra_repr(self) -> str:
-        return f"d_model={self.d_model}, d_ff={self.d_ff}"
+        return f"d_model={self.d_model}, d_ff={self.d_ff}, backend={self.backend!r}"
