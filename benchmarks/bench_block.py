@@ -5,7 +5,7 @@ import torch
 
 import tpt_ops
 from tpt_ops import reference
-from conftest import run_benchmark
+from conftest import bench_op
 
 M, D, N = 8192, 768, 3
 
@@ -43,7 +43,6 @@ PASSES = {"fwd": 4, "fwd+bwd": 8}
 @pytest.mark.parametrize("mode", PASSES)
 @pytest.mark.parametrize("op", OPS)
 def test_block(benchmark, record, op, impl, mode):
-    fn = OPS[op][impl]
     grad = mode != "fwd"
     h = torch.randn(M, D, requires_grad=grad)
     a = torch.randn(M, D, requires_grad=grad)
@@ -51,12 +50,5 @@ def test_block(benchmark, record, op, impl, mode):
     w = torch.ones(D, requires_grad=grad)
     args = (h, a, theta, w) if op == "add_rotate_norm" else (h, a, w)
     dy = (torch.randn(M, D), torch.randn(M, D))
-
-    def step():
-        if not grad:
-            with torch.no_grad():
-                return fn(*args, N)
-        return torch.autograd.grad(fn(*args, N), args, dy)
-
-    run_benchmark(benchmark, step)
-    record((op, mode, "float32"), impl, benchmark, PASSES[mode] * M * D * 4)
+    bench_op(benchmark, record, (op, mode, "float32"), impl, OPS[op][impl], (*args, N), mode, dy,
+             PASSES[mode] * M * D * 4)

@@ -8,7 +8,7 @@ import torch
 
 import tpt_ops
 from tpt_ops import reference
-from conftest import run_benchmark
+from conftest import bench_op
 
 B, T, D, N, V = 8, 1024, 768, 3, 256
 INJECT = {
@@ -30,34 +30,17 @@ PASSES = {"horn_inject": {"fwd": 2, "fwd+bwd": 4}, "horn_embedding": {"fwd": 1, 
 @pytest.mark.parametrize("mode", ["fwd", "fwd+bwd"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["float32", "bfloat16"])
 def test_horn_inject(benchmark, record, impl, mode, dtype):
-    fn = INJECT[impl]
     x = torch.randn(B, T, D).to(dtype).requires_grad_(mode != "fwd")
     dy = torch.randn(B, T, D).to(dtype)
-
-    def step():
-        if mode == "fwd":
-            with torch.no_grad():
-                return fn(x, N)
-        return torch.autograd.grad(fn(x, N), (x,), dy)
-
-    run_benchmark(benchmark, step)
-    record(("horn_inject", mode, str(dtype).replace("torch.", "")), impl, benchmark,
-           PASSES["horn_inject"][mode] * B * T * D * x.element_size())
+    bench_op(benchmark, record, ("horn_inject", mode, str(dtype)[6:]), impl, INJECT[impl], (x, N), mode, dy,
+             PASSES["horn_inject"][mode] * B * T * D * x.element_size())
 
 
 @pytest.mark.parametrize("impl", ["tpt", "eager", "compile"])
 @pytest.mark.parametrize("mode", ["fwd", "fwd+bwd"])
 def test_horn_embedding(benchmark, record, impl, mode):
-    fn = EMBEDDING[impl]
     ids = torch.randint(0, V, (B, T), generator=torch.Generator().manual_seed(0))
     table = torch.randn(V, D, requires_grad=mode != "fwd")
     dy = torch.randn(B, T, D)
-
-    def step():
-        if mode == "fwd":
-            with torch.no_grad():
-                return fn(ids, table, N)
-        return torch.autograd.grad(fn(ids, table, N), (table,), dy)
-
-    run_benchmark(benchmark, step)
-    record(("horn_embedding", mode, "float32"), impl, benchmark, PASSES["horn_embedding"][mode] * B * T * D * 4)
+    bench_op(benchmark, record, ("horn_embedding", mode, "float32"), impl, EMBEDDING[impl], (ids, table, N), mode, dy,
+             PASSES["horn_embedding"][mode] * B * T * D * 4)

@@ -4,7 +4,7 @@ import torch
 
 import tpt_ops
 from tpt_ops import reference
-from conftest import run_benchmark
+from conftest import bench_op
 
 M, D, N = 8192, 768, 3
 IMPLS = {
@@ -21,17 +21,9 @@ PASSES = {"fwd": 2, "fwd+bwd": 5}
 @pytest.mark.parametrize("mode", PASSES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["float32", "bfloat16"])
 def test_phase_rmsnorm(benchmark, record, impl, mode, dtype):
-    fn = IMPLS[impl]
-    x = torch.randn(M, D).to(dtype).requires_grad_(mode != "fwd")
-    w = torch.ones(D, requires_grad=mode != "fwd")
+    grad = mode != "fwd"
+    x = torch.randn(M, D).to(dtype).requires_grad_(grad)
+    w = torch.ones(D, requires_grad=grad)
     dy = torch.randn(M, D).to(dtype)
-
-    def step():
-        if mode == "fwd":
-            with torch.no_grad():
-                return fn(x, w, N)
-        return torch.autograd.grad(fn(x, w, N), (x, w), dy)
-
-    run_benchmark(benchmark, step)
-    record(("phase_rmsnorm", mode, str(dtype).replace("torch.", "")), impl, benchmark,
-           PASSES[mode] * M * D * x.element_size())
+    bench_op(benchmark, record, ("phase_rmsnorm", mode, str(dtype)[6:]), impl, IMPLS[impl], (x, w, N), mode, dy,
+             PASSES[mode] * M * D * x.element_size())

@@ -49,12 +49,29 @@ def copy_gbps() -> float:
 def record(copy_gbps):
     """record(key, impl, benchmark, nbytes): keep the median of a finished benchmark."""
     def _record(key: tuple, impl: str, benchmark, nbytes: int) -> None:
-        RESULTS[key][impl] = (benchmark.stats.stats.median, nbytes)
+        if benchmark.stats is not None:  # None under --benchmark-disable
+            RESULTS[key][impl] = (benchmark.stats.stats.median, nbytes)
     return _record
 
 
 def run_benchmark(benchmark, fn, rounds: int = 20, warmup: int = 3) -> None:
     benchmark.pedantic(fn, rounds=rounds, warmup_rounds=warmup, iterations=1)
+
+
+def bench_op(benchmark, record, key: tuple, impl: str, fn, args: tuple, mode: str, dy, nbytes: int) -> None:
+    """Times ``fn(*args)``: mode "fwd" without autograd, mode "fwd+bwd" as the
+    forward plus the gradients, for output gradient(s) ``dy``, of every tensor
+    argument that requires grad; records the median under ``key``/``impl``."""
+    grad_args = [a for a in args if isinstance(a, torch.Tensor) and a.requires_grad]
+
+    def step():
+        if mode == "fwd":
+            with torch.no_grad():
+                return fn(*args)
+        return torch.autograd.grad(fn(*args), grad_args, dy)
+
+    run_benchmark(benchmark, step)
+    record(key, impl, benchmark, nbytes)
 
 
 BASELINES = ("eager", "compile", "unfused")  # other implementations, when a benchmark has them

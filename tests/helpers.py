@@ -49,3 +49,15 @@ def num_threads(n: int):
         torch.set_num_threads(old)
 
 
+
+
+def assert_rejected(call, msg: str, check_fake: bool = True) -> None:
+    """call() raises a RuntimeError matching msg; so does its torch.compile'd
+    version at trace time (the fake kernel's checks) when check_fake is set."""
+    import pytest
+
+    with pytest.raises(RuntimeError, match=msg):
+        call()
+    if check_fake:
+        with pytest.raises(Exception, match=msg):
+            torch.compile(call, fullgraph=True, dynamic=False)()
