@@ -1,0 +1,413 @@
+"""Byte-level language-model training of a Three-Phase Transformer (or its baseline).
+
+    python -m tpt_ops.train --steps 1500 --out runs/tpt         # embedded corpus
+    python -m tpt_ops.train --baseline --out runs/base           # matched RoPE-only baseline
+    python -m tpt_ops.train --data my_text_dir --bf16 --out runs/mine
+    python -m tpt_ops.train --resume --steps 3000 --out runs/tpt  # continue a run
+    torchrun --nproc_per_node=2 -m tpt_ops.train --out runs/ddp  # DDP (gloo on CPU, NCCL on GPU)
+
+The embedded corpus needs no download: the Python standard library's own
+``.py`` files. Every byte is a token (vocabulary 256), so the validation
+loss in bits is bits-per-byte (bpb).
+
+What a run does: AdamW with linear warmup and cosine decay, gradient
+clipping, gradient accumulation, optional bf16 autocast; every
+``--eval-every`` steps a validation pass (bpb) and a checkpoint. It writes
+into ``--out``: ``metrics.jsonl`` (one row per step; eval rows carry
+``val_bpb``), ``ckpt.pt``, ``loss.png`` and ``sample.txt``.
+
+Exact resume: the training batch of a step is a pure function of
+``(seed, step, micro-batch)`` and the learning rate a pure function of the
+step, so a run continued from a checkpoint (``--resume``) computes exactly
+the losses of a run that never stopped (``--stop-after K`` stops one on
+purpose, after writing a checkpoint).
+
+Data parallel: under ``torchrun`` every step draws one global batch of
+``batch_size * world_size`` windows and rank r trains on its r-th share
+(a distributed sampler); rank 0 alone logs, writes metrics, checkpoints and
+samples.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import sys
+import sysconfig
+import time
+import zlib
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor
+
+from tpt_ops.models import ThreePhaseTransformer, TPTConfig
+
+VOCAB_SIZE = 256  # bytes
+SAMPLE_PROMPT = b"def "
+
+
+# ---------------------------------------------------------------------- data
+
+def stdlib_sources() -> list[Path]:
+    """The ``.py`` files of this Python's standard library (installed packages excluded)."""
+    root = Path(sysconfig.get_paths()["stdlib"])
+    return [p for p in root.rglob("*.py") if "site-packages" not in p.relative_to(root).parts]
+
+
+def user_sources(path: Path) -> list[Path]:
+    """``path`` itself, or every regular text file below the directory ``path`` (NUL bytes mark binaries)."""
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        raise FileNotFoundError(f"--data {path}: no such file or directory")
+    files = []
+    for p in path.rglob("*"):
+        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts):
+            with open(p, "rb") as f:
+                if b"\0" not in f.read(4096):
+                    files.append(p)
+    return files
+
+
+def load_corpus(data: str | None, max_bytes: int | None, val_fraction: float) -> tuple[Tensor, Tensor, str]:
+    """``(train, val, description)``: uint8 tensors of the corpus bytes.
+
+    Files are read in a fixed order that mixes directories (sorted by a CRC
+    of their name), so a ``max_bytes`` cap still samples the whole corpus,
+    and the last ``val_fraction`` of the bytes is the validation split: the
+    same split on every machine with the same files.
+    """
+    root = Path(data) if data else None
+    files = user_sources(root) if root else stdlib_sources()
+    base = root if root and root.is_dir() else (root.parent if root else Path(sysconfig.get_paths()["stdlib"]))
+    files.sort(key=lambda p: (zlib.crc32(p.relative_to(base).as_posix().encode()), p.as_posix()))
+    chunks, total = [], 0
+    for p in files:
+        chunk = p.read_bytes()
+        if max_bytes is not None:
+            chunk = chunk[:max_bytes - total]
+        chunks.append(chunk)
+        total += len(chunk)
+        if max_bytes is not None and total >= max_bytes:
+            break
+    corpus = torch.frombuffer(bytearray(b"".join(chunks)), dtype=torch.uint8)
+    n_val = int(len(corpus) * val_fraction)
+    what = f"{data} ({len(chunks)} files)" if data else f"the Python {sys.version_info.major}." \
+        f"{sys.version_info.minor} standard library ({len(chunks)} .py files)"
+    return corpus[:len(corpus) - n_val], corpus[len(corpus) - n_val:], what
+
+
+def windows(data: Tensor, starts: Tensor, seq_len: int) -> tuple[Tensor, Tensor]:
+    """Inputs and next-byte targets ``[n, seq_len]`` (int64) of the windows starting at ``starts``."""
+    rows = data[starts[:, None] + torch.arange(seq_len + 1)].long()
+    return rows[:, :-1], rows[:, 1:]
+
+
+def train_batch(data: Tensor, args, step: int, micro: int, rank: int, world: int) -> tuple[Tensor, Tensor]:
+    """This rank's share of the global batch of ``(step, micro)``: a pure function of the seed and both.
+
+    The global batch (``batch_size * world`` random windows) is the same for
+    any world size; rank r takes rows r, r+world, ... of it.
+    """
+    gen = torch.Generator().manual_seed((args.seed * 1_000_003 + step) * 64 + micro)
+    starts = torch.randint(0, len(data) - args.seq_len - 1, (args.batch_size * world,), generator=gen)
+    return windows(data, starts[rank::world], args.seq_len)
+
+
+# -------------------------------------------------------------- optimisation
+
+def learning_rate(step: int, args) -> float:
+    """Linear warmup to ``lr`` over ``warmup`` steps, then cosine decay to ``lr * min_lr_ratio`` at ``steps``."""
+    if step < args.warmup:
+        return args.lr * (step + 1) / args.warmup
+    progress = min(1.0, (step - args.warmup) / max(1, args.steps - args.warmup))
+    floor = args.lr * args.min_lr_ratio
+    return floor + (args.lr - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def make_optimizer(model: torch.nn.Module, args) -> torch.optim.AdamW:
+    """AdamW; weight decay on matrices only (not on norm weights or rotation angles)."""
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    rest = [p for p in model.parameters() if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": args.weight_decay}, {"params": rest, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=args.lr, betas=(0.9, 0.95))
+
+
+def autocast(args):
+    return torch.autocast(args.device.split(":")[0], dtype=torch.bfloat16) if args.bf16 else nullcontext()
+
+
+@torch.no_grad()
+def evaluate(model: ThreePhaseTransformer, val: Tensor, args, rank: int, world: int) -> float:
+    """Validation bits-per-byte over ``eval_batches * batch_size`` fixed, evenly spaced windows."""
+    n = args.eval_batches * args.batch_size
+    starts = torch.linspace(0, len(val) - args.seq_len - 1, n).long()[rank::world]
+    was_training = model.training
+    model.eval()
+    total = torch.zeros(2, dtype=torch.float64, device=args.device)  # summed loss, token count
+    for chunk in starts.split(args.batch_size):
+        x, y = (t.to(args.device) for t in windows(val, chunk, args.seq_len))
+        with autocast(args):
+            logits = model(x)
+        total[0] += F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="sum").double()
+        total[1] += y.numel()
+    model.train(was_training)
+    if world > 1:
+        dist.all_reduce(total)
+    return (total[0] / total[1]).item() / math.log(2)
+
+
+# ---------------------------------------------------------------- artefacts
+
+def read_metrics(path: Path, up_to_step: int | None = None) -> list[dict]:
+    """The rows of a ``metrics.jsonl`` (those with ``step <= up_to_step`` when given)."""
+    if not path.exists():
+        return []
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [r for r in rows if up_to_step is None or r["step"] <= up_to_step]
+
+
+def save_checkpoint(path: Path, model, optimizer, step: int, config: TPTConfig, args) -> None:
+    """Writes atomically (a crash mid-write leaves the previous checkpoint intact)."""
+    payload = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
+               "config": dataclasses.asdict(config), "args": vars(args)}
+    tmp = path.with_suffix(".tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+
+
+def plot_metrics(rows: list[dict], path: Path, title: str) -> None:
+    """Training loss and validation bpb against step, as a PNG (no pyplot: leaves the caller's backend alone)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7, 4))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    ax.plot([r["step"] for r in rows], [r["loss"] / math.log(2) for r in rows], lw=0.8, alpha=0.7,
+            label="train (bits/byte)")
+    val = [r for r in rows if "val_bpb" in r]
+    ax.plot([r["step"] for r in val], [r["val_bpb"] for r in val], "o-", label="validation (bits/byte)")
+    ax.set(xlabel="step", ylabel="bits per byte", title=title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+# ---------------------------------------------------------------------- main
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m tpt_ops.train", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    a = p.add_argument
+    a("--data", help="a text file or a directory of text files (default: the embedded stdlib corpus)")
+    a("--max-bytes", type=int, help="read at most this many bytes of the corpus")
+    a("--val-fraction", type=float, default=0.05, help="share of the corpus held out for validation")
+    a("--out", default="runs/tpt", help="directory for metrics.jsonl, ckpt.pt, loss.png, sample.txt")
+    a("--steps", type=int, default=1500, help="optimizer steps of the whole run")
+    a("--d-model", type=int, default=96)
+    a("--n-layers", type=int, default=4)
+    a("--n-heads", type=int, default=6, help="query heads")
+    a("--n-kv-heads", type=int, default=3)
+    a("--n-phases", type=int, default=3)
+    a("--d-ff", type=int, default=256)
+    a("--seq-len", type=int, default=128)
+    a("--batch-size", type=int, default=16, help="sequences per micro-batch and rank")
+    a("--grad-accum", type=int, default=1, help="micro-batches per optimizer step")
+    a("--lr", type=float, default=3e-3, help="peak learning rate")
+    a("--min-lr-ratio", type=float, default=0.1, help="final learning rate as a fraction of --lr")
+    a("--warmup", type=int, default=50, help="linear warmup steps")
+    a("--weight-decay", type=float, default=0.1)
+    a("--grad-clip", type=float, default=1.0, help="max global gradient norm (0: off)")
+    a("--bf16", action="store_true", help="bfloat16 autocast (parameters and optimizer stay float32)")
+    a("--seed", type=int, default=0)
+    a("--baseline", action="store_true", help="the matched RoPE-only baseline (no 3PT ops)")
+    a("--backend", choices=("fused", "reference"), default="fused",
+      help="fused C kernels or the plain-PyTorch reference ops")
+    a("--device", default="cpu", help="cpu, or cuda (reference backend only: the fused kernels are CPU kernels)")
+    a("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
+    a("--eval-every", type=int, default=250, help="steps between validation passes and checkpoints")
+    a("--eval-batches", type=int, default=20, help="batches of --batch-size windows per validation pass")
+    a("--resume", action="store_true", help="continue from --out/ckpt.pt if it exists")
+    a("--stop-after", type=int, help="stop (with a checkpoint) after this step, as if interrupted")
+    a("--sample-tokens", type=int, default=256, help="bytes to sample at the end (capped at --seq-len)")
+    a("--quiet", action="store_true", help="no progress bar or log lines")
+    return p
+
+
+def check_args(p: argparse.ArgumentParser, args) -> None:
+    positive = ("steps", "d_model", "n_layers", "n_heads", "n_kv_heads", "n_phases", "d_ff", "seq_len",
+                "batch_size", "grad_accum", "eval_every", "eval_batches")
+    for name in positive:
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be >= 1")
+    if not 0 < args.val_fraction < 1:
+        p.error("--val-fraction must be in (0, 1)")
+    if args.lr <= 0 or args.warmup < 0 or args.grad_clip < 0 or not 0 <= args.min_lr_ratio <= 1:
+        p.error("need --lr > 0, --warmup >= 0, --grad-clip >= 0 and 0 <= --min-lr-ratio <= 1")
+    if args.device.startswith("cuda") and args.backend == "fused":
+        p.error("--backend fused runs the CPU kernels; use --device cpu, or --backend reference on cuda")
+
+
+def model_config(args) -> TPTConfig:
+    config = TPTConfig(vocab_size=VOCAB_SIZE, d_model=args.d_model, n_layers=args.n_layers,
+                       n_q_heads=args.n_heads, n_kv_heads=args.n_kv_heads, n_phases=args.n_phases,
+                       d_ff=args.d_ff, max_seq_len=args.seq_len, backend=args.backend)
+    return config.baseline() if args.baseline else config
+
+
+def run(args) -> tuple[dict, ThreePhaseTransformer]:
+    """Trains as ``args`` say; returns ``(summary, model)`` (the model unwrapped from DDP)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    distributed = world > 1
+    if distributed:
+        if args.device.startswith("cuda"):
+            args.device = f"cuda:{int(os.environ['LOCAL_RANK'])}"
+            torch.cuda.set_device(args.device)
+        dist.init_process_group("nccl" if args.device.startswith("cuda") else "gloo")
+    rank = dist.get_rank() if distributed else 0
+    lead = rank == 0
+    log = print if lead and not args.quiet else (lambda *a, **k: None)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        train, val, corpus_name = load_corpus(args.data, args.max_bytes, args.val_fraction)
+        for split, data in (("training", train), ("validation", val)):
+            if len(data) <= args.seq_len + 1:
+                raise ValueError(f"the {split} split has {len(data)} bytes, fewer than --seq-len + 2 "
+                                 f"({args.seq_len + 2}): use more data or a shorter --seq-len")
+        try:
+            config = model_config(args)
+        except ValueError as e:
+            raise SystemExit(f"tpt_ops.train: {e}") from None
+
+        torch.manual_seed(args.seed)
+        model = ThreePhaseTransformer(config).to(args.device)
+        optimizer = make_optimizer(model, args)
+        ckpt_path, metrics_path = out / "ckpt.pt", out / "metrics.jsonl"
+        start = 0
+        if args.resume and ckpt_path.exists():
+            ckpt = torch.load(ckpt_path, map_location=args.device, weights_only=False)
+            if ckpt["config"] != dataclasses.asdict(config):
+                raise SystemExit(f"tpt_ops.train: {ckpt_path} holds a different model: {ckpt['config']}")
+            model.load_state_dict(ckpt["model"])
+            optimizer.load_state_dict(ckpt["optimizer"])
+            start = ckpt["step"]
+        rows = read_metrics(metrics_path, start) if start else []
+        if lead:  # drop rows written after the checkpoint by an interrupted run
+            metrics_path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        ddp = torch.nn.parallel.DistributedDataParallel(model) if distributed else model
+
+        kind = "baseline (RoPE only)" if args.baseline else f"3PT (N={config.phases})"
+        log(f"corpus: {corpus_name}: {len(train):,} training / {len(val):,} validation bytes")
+        log(f"model: {kind}, {model.num_parameters():,} parameters, backend {args.backend}, {args.device}, "
+            f"{world} process(es) x {torch.get_num_threads()} threads")
+        if start:
+            log(f"resuming from {ckpt_path} at step {start}")
+
+        tokens_per_step = args.batch_size * args.seq_len * args.grad_accum * world
+        train_seconds = 0.0
+        last = rows[-1] if rows else {}
+        val_bpb = next((r["val_bpb"] for r in reversed(rows) if "val_bpb" in r), None)
+        end = min(args.steps, args.stop_after or args.steps)
+        from tqdm.auto import tqdm
+        bar = tqdm(range(start, end), initial=start, total=end, disable=not lead or args.quiet,
+                   unit="step", dynamic_ncols=True)
+        model.train()
+        for step in bar:
+            t0 = time.perf_counter()
+            lr = learning_rate(step, args)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            loss_sum = torch.zeros((), device=args.device)
+            for micro in range(args.grad_accum):
+                x, y = (t.to(args.device) for t in train_batch(train, args, step, micro, rank, world))
+                sync = not distributed or micro == args.grad_accum - 1
+                with (nullcontext() if sync else ddp.no_sync()), autocast(args):
+                    logits = ddp(x)
+                    loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten()) / args.grad_accum
+                loss.backward()
+                loss_sum += loss.detach()
+            grad_norm = (torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
+                         if args.grad_clip > 0 else torch.zeros(()))
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            if distributed:  # the logged loss is the mean over ranks
+                dist.all_reduce(loss_sum)
+                loss_sum /= world
+            step_loss = loss_sum.item()
+            train_seconds += time.perf_counter() - t0
+            if not math.isfinite(step_loss):
+                raise FloatingPointError(f"tpt_ops.train: loss is {step_loss} at step {step + 1}")
+
+            done = step + 1
+            row = {"step": done, "loss": step_loss, "lr": lr, "grad_norm": float(grad_norm),
+                   "tokens": done * tokens_per_step}
+            checkpoint = done % args.eval_every == 0 or done == end
+            if checkpoint:
+                val_bpb = evaluate(model, val, args, rank, world)
+                row["val_bpb"] = val_bpb
+                if lead:
+                    save_checkpoint(ckpt_path, model, optimizer, done, config, args)
+                if lead and not args.quiet:
+                    bar.write(f"step {done:>6}  train loss {step_loss:.4f}  val bpb {val_bpb:.4f}")
+            if lead:
+                with open(metrics_path, "a") as f:
+                    f.write(json.dumps(row) + "\n")
+            last = row
+            bar.set_postfix(loss=f"{step_loss:.3f}", tok_s=f"{tokens_per_step * (done - start) / train_seconds:,.0f}")
+        bar.close()
+        if distributed:
+            dist.barrier()  # rank 0's checkpoint and metrics are complete
+
+        trained = end - start
+        summary = {"steps": end, "trained_steps": trained, "final_val_bpb": val_bpb,
+                   "final_loss": last.get("loss"),
+                   "tokens_per_s": tokens_per_step * trained / train_seconds if trained else None,
+                   "parameters": model.num_parameters(), "world_size": world, "backend": args.backend,
+                   "baseline": args.baseline, "out": str(out)}
+        if lead and end:
+            plot_metrics(read_metrics(metrics_path), out / "loss.png",
+                         f"{kind}, d_model {args.d_model}, {args.n_layers} layers, seed {args.seed}")
+            n_sample = min(args.sample_tokens, args.seq_len - len(SAMPLE_PROMPT))
+            if n_sample > 0:
+                prompt = torch.tensor(list(SAMPLE_PROMPT), device=args.device)
+                gen = torch.Generator(args.device).manual_seed(args.seed)
+                with autocast(args):
+                    ids = model.generate(prompt, n_sample, temperature=0.8, top_k=40, generator=gen)
+                text = bytes(ids.tolist()).decode("utf-8", errors="replace")
+                (out / "sample.txt").write_text(text)
+                summary["sample"] = text
+                log(f"sample:\n{text}")
+            (out / "summary.json").write_text(json.dumps(summary, indent=2))
+            log(f"done: step {end}, validation {val_bpb:.4f} bpb, "
+                f"{summary['tokens_per_s'] or 0:,.0f} tokens/s; wrote {out}/")
+        return summary, model
+    finally:
+        if distributed:
+            dist.destroy_process_group()
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    check_args(parser, args)
+    return args
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """The command line: trains and returns the run's summary (``final_val_bpb``, ``tokens_per_s``, ...)."""
+    return run(parse_args(argv))[0]
+
+
+if __name__ == "__main__":
+    main()
