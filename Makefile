@@ -13,7 +13,7 @@ PY := $(VENV)/bin/python
 DEPS := numpy tqdm matplotlib pytest pytest-benchmark nbclient nbformat ipykernel setuptools wheel
 SOURCES := $(wildcard csrc/*/*.c csrc/*/*.h csrc/*/*.inc csrc/*/*.cpp) setup.py pyproject.toml
 
-.PHONY: all venv build demo test bench cuda-check clean
+.PHONY: all venv build demo test bench clean
 
 all: build
 

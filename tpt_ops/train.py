@@ -145,8 +145,9 @@ def autocast(args):
 
 @torch.no_grad()
 def evaluate(model: ThreePhaseTransformer, val: Tensor, args, rank: int, world: int) -> float:
-    """Validation bits-per-byte over ``eval_batches * batch_size`` fixed, evenly spaced windows."""
-    n = args.eval_batches * args.batch_size
+    """Validation bits-per-byte over ``eval_batches`` global batches of fixed, evenly spaced windows
+    (the same windows for any world size; each rank scores its share)."""
+    n = args.eval_batches * args.batch_size * world
     starts = torch.linspace(0, len(val) - args.seq_len - 1, n).long()[rank::world]
     was_training = model.training
     model.eval()
@@ -234,7 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
     a("--device", default="cpu", help="cpu, or cuda (reference backend only: the fused kernels are CPU kernels)")
     a("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
     a("--eval-every", type=int, default=250, help="steps between validation passes and checkpoints")
-    a("--eval-batches", type=int, default=20, help="batches of --batch-size windows per validation pass")
+    a("--eval-batches", type=int, default=20, help="global batches per validation pass")
     a("--resume", action="store_true", help="continue from --out/ckpt.pt if it exists")
     a("--stop-after", type=int, help="stop (with a checkpoint) after this step, as if interrupted")
     a("--sample-tokens", type=int, default=256, help="bytes to sample at the end (capped at --seq-len)")
@@ -318,7 +319,7 @@ def run(args) -> tuple[dict, ThreePhaseTransformer]:
         train_seconds = 0.0
         last = rows[-1] if rows else {}
         val_bpb = next((r["val_bpb"] for r in reversed(rows) if "val_bpb" in r), None)
-        end = min(args.steps, args.stop_after or args.steps)
+        end = args.steps if args.stop_after is None else min(args.steps, args.stop_after)
         from tqdm.auto import tqdm
         bar = tqdm(range(start, end), initial=start, total=end, disable=not lead or args.quiet,
                    unit="step", dynamic_ncols=True)
@@ -352,14 +353,12 @@ def run(args) -> tuple[dict, ThreePhaseTransformer]:
             done = step + 1
             row = {"step": done, "loss": step_loss, "lr": lr, "grad_norm": float(grad_norm),
                    "tokens": done * tokens_per_step}
-            checkpoint = done % args.eval_every == 0 or done == end
-            if checkpoint:
-                val_bpb = evaluate(model, val, args, rank, world)
-                row["val_bpb"] = val_bpb
-                if lead:
-                    save_checkpoint(ckpt_path, model, optimizer, done, config, args)
+            if done % args.eval_every == 0 or done == args.steps:
+                val_bpb = row["val_bpb"] = evaluate(model, val, args, rank, world)
                 if lead and not args.quiet:
                     bar.write(f"step {done:>6}  train loss {step_loss:.4f}  val bpb {val_bpb:.4f}")
+            if lead and ("val_bpb" in row or done == end):  # --stop-after: a checkpoint, no extra eval row
+                save_checkpoint(ckpt_path, model, optimizer, done, config, args)
             if lead:
                 with open(metrics_path, "a") as f:
                     f.write(json.dumps(row) + "\n")
