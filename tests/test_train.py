@@ -100,7 +100,8 @@ def test_resume_is_exact(tmp_path, flags):
     common = TINY + flags + ["--steps", "6", "--eval-every", "2"]
     full, parts = tmp_path / "full", tmp_path / "parts"
     train.main(common + ["--out", str(full)])
-    train.main(common + ["--out", str(parts), "--stop-after", "3"])
+    stopped = train.main(common + ["--out", str(parts), "--stop-after", "3"])
+    assert stopped["steps"] == 3 and stopped["final_val_bpb"] == metrics(full)[1]["val_bpb"]  # step 2's
     assert [r["step"] for r in metrics(parts)] == [1, 2, 3]
     train.main(common + ["--out", str(parts), "--resume"])
 
@@ -110,6 +111,12 @@ def test_resume_is_exact(tmp_path, flags):
     a = torch.load(full / "ckpt.pt", weights_only=False)["model"]
     b = torch.load(parts / "ckpt.pt", weights_only=False)["model"]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_stop_before_the_first_eval(tmp_path):
+    summary = train.main(TINY + ["--steps", "20", "--eval-every", "10", "--stop-after", "3", "--out", str(tmp_path)])
+    assert summary["final_val_bpb"] is None and summary["trained_steps"] == 3
+    assert torch.load(tmp_path / "ckpt.pt", weights_only=False)["step"] == 3
 
 
 def test_resume_refuses_another_model(tmp_path):

@@ -45,6 +45,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
+from tqdm import tqdm
 
 from tpt_ops.models import ThreePhaseTransformer, TPTConfig
 
@@ -320,7 +321,6 @@ def run(args) -> tuple[dict, ThreePhaseTransformer]:
         last = rows[-1] if rows else {}
         val_bpb = next((r["val_bpb"] for r in reversed(rows) if "val_bpb" in r), None)
         end = args.steps if args.stop_after is None else min(args.steps, args.stop_after)
-        from tqdm.auto import tqdm
         bar = tqdm(range(start, end), initial=start, total=end, disable=not lead or args.quiet,
                    unit="step", dynamic_ncols=True)
         model.train()
@@ -388,8 +388,8 @@ def run(args) -> tuple[dict, ThreePhaseTransformer]:
                 summary["sample"] = text
                 log(f"sample:\n{text}")
             (out / "summary.json").write_text(json.dumps(summary, indent=2))
-            log(f"done: step {end}, validation {val_bpb:.4f} bpb, "
-                f"{summary['tokens_per_s'] or 0:,.0f} tokens/s; wrote {out}/")
+            bpb = "not evaluated yet" if val_bpb is None else f"{val_bpb:.4f} bpb"
+            log(f"done: step {end}, validation {bpb}, {summary['tokens_per_s'] or 0:,.0f} tokens/s; wrote {out}/")
         return summary, model
     finally:
         if distributed:
