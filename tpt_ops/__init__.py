@@ -13,6 +13,8 @@ from tpt_ops.ops.block import add_norm, add_rotate_norm
 from tpt_ops.ops.horn import horn_embedding, horn_inject
 from tpt_ops.ops.norm import phase_rmsnorm
 from tpt_ops.ops.rotate import phase_rotate
+from tpt_ops.ops.swiglu import swiglu
 
-__all__ = ["phase_rmsnorm", "phase_rotate", "horn_inject", "horn_embedding", "add_rotate_norm", "add_norm"]
+__all__ = ["phase_rmsnorm", "phase_rotate", "horn_inject", "horn_embedding", "add_rotate_norm", "add_norm",
+           "swiglu"]
 __version__ = "0.1.0"

@@ -20,6 +20,8 @@ from tpt_ops._np import (  # noqa: F401
     phase_rmsnorm_forward,
     phase_rotate_backward,
     phase_rotate_forward,
+    swiglu_backward,
+    swiglu_forward,
 )
 
 
@@ -47,4 +49,6 @@ __all__ = [
     "horn_inject_backward",
     "horn_embedding_forward",
     "horn_embedding_backward",
+    "swiglu_forward",
+    "swiglu_backward",
 ]

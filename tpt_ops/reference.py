@@ -71,3 +71,9 @@ def add_norm(h: Tensor, f: Tensor, weight: Tensor, n_phases: int, eps: float = 1
     """h_new = h + f; returns (h_new, phase_rmsnorm(h_new))."""
     h_new = h + f
     return h_new, phase_rmsnorm(h_new, weight, n_phases, eps)
+
+
+def swiglu(gate_up: Tensor) -> Tensor:
+    """h = silu(g) * u for g, u the first and second halves of the last dim of gate_up."""
+    gate, up = gate_up.to(compute_dtype(gate_up.dtype)).chunk(2, dim=-1)
+    return (torch.nn.functional.silu(gate) * up).to(gate_up.dtype)

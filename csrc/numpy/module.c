@@ -13,6 +13,7 @@
 #include "cpu/horn.h"
 #include "cpu/norm.h"
 #include "cpu/rotate.h"
+#include "cpu/swiglu.h"
 
 /* ---- argument helpers ---------------------------------------------------- */
 
@@ -499,6 +500,83 @@ done:
     return result;
 }
 
+/* ---- fused SwiGLU (csrc/cpu/swiglu.h) -------------------------------------- */
+
+/* Rows M and half-width F of gate_up = [..., 2F] (>= 1 dims, even last dim). */
+static int swiglu_shape(PyArrayObject* gate_up, const char* fn, npy_intp* M, npy_intp* F) {
+    if (PyArray_NDIM(gate_up) < 1) {
+        PyErr_Format(PyExc_ValueError, "tpt_ops.numpy.%s: argument 'gate_up' must have at least 1 dimension", fn);
+        return -1;
+    }
+    const npy_intp D = PyArray_DIM(gate_up, PyArray_NDIM(gate_up) - 1);
+    if (D % 2) {
+        PyErr_Format(PyExc_ValueError, "tpt_ops.numpy.%s: the last dim of 'gate_up' (%ld) must be even", fn, (long)D);
+        return -1;
+    }
+    *F = D / 2;
+    *M = D ? PyArray_SIZE(gate_up) / D : 0;
+    return 0;
+}
+
+static PyObject* np_swiglu_forward(PyObject* self, PyObject* args, PyObject* kw) {
+    static char* names[] = {"gate_up", NULL};
+    const char* fn = "swiglu_forward";
+    PyObject* go;
+    (void)self;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O", names, &go)) return NULL;
+    PyArrayObject *gate_up = NULL, *h = NULL;
+    PyObject* result = NULL;
+    npy_intp M, F;
+    if (!(gate_up = float_array(go, fn, "gate_up", NPY_NOTYPE)) || swiglu_shape(gate_up, fn, &M, &F)) goto done;
+    npy_intp dims[NPY_MAXDIMS];
+    for (int d = 0; d < PyArray_NDIM(gate_up); d++) dims[d] = PyArray_DIM(gate_up, d);
+    dims[PyArray_NDIM(gate_up) - 1] = F;
+    if (!(h = new_array(PyArray_NDIM(gate_up), dims, PyArray_TYPE(gate_up)))) goto done;
+    int status;
+    Py_BEGIN_ALLOW_THREADS
+    status = DT(gate_up) == TPT_FLOAT64
+        ? swiglu_forward_f64(PyArray_DATA(h), PyArray_DATA(gate_up), TPT_FLOAT64, 0, M, F)
+        : swiglu_forward_f32(PyArray_DATA(h), PyArray_DATA(gate_up), TPT_FLOAT32, 0, M, F);
+    Py_END_ALLOW_THREADS
+    if (kernel_status(status, fn)) result = Py_BuildValue("O", h);
+done:
+    Py_XDECREF(gate_up); Py_XDECREF(h);
+    return result;
+}
+
+static PyObject* np_swiglu_backward(PyObject* self, PyObject* args, PyObject* kw) {
+    static char* names[] = {"dh", "gate_up", NULL};
+    const char* fn = "swiglu_backward";
+    PyObject *dho, *go;
+    (void)self;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO", names, &dho, &go)) return NULL;
+    PyArrayObject *dh = NULL, *gate_up = NULL, *d_gate_up = NULL;
+    PyObject* result = NULL;
+    npy_intp M, F;
+    if (!(gate_up = float_array(go, fn, "gate_up", NPY_NOTYPE)) ||
+        !(dh = float_array(dho, fn, "dh", PyArray_TYPE(gate_up))) || swiglu_shape(gate_up, fn, &M, &F))
+        goto done;
+    const int nd = PyArray_NDIM(gate_up);
+    int same = PyArray_NDIM(dh) == nd && PyArray_DIM(dh, nd - 1) == F;
+    for (int d = 0; same && d < nd - 1; d++) same = PyArray_DIM(dh, d) == PyArray_DIM(gate_up, d);
+    if (!same) {
+        PyErr_Format(PyExc_ValueError,
+                     "tpt_ops.numpy.%s: argument 'dh' must have the shape of 'gate_up' with its last dim halved", fn);
+        goto done;
+    }
+    if (!(d_gate_up = new_like(gate_up))) goto done;
+    int status;
+    Py_BEGIN_ALLOW_THREADS
+    status = DT(gate_up) == TPT_FLOAT64
+        ? swiglu_backward_f64(PyArray_DATA(d_gate_up), PyArray_DATA(dh), PyArray_DATA(gate_up), TPT_FLOAT64, 0, M, F)
+        : swiglu_backward_f32(PyArray_DATA(d_gate_up), PyArray_DATA(dh), PyArray_DATA(gate_up), TPT_FLOAT32, 0, M, F);
+    Py_END_ALLOW_THREADS
+    if (kernel_status(status, fn)) result = Py_BuildValue("O", d_gate_up);
+done:
+    Py_XDECREF(dh); Py_XDECREF(gate_up); Py_XDECREF(d_gate_up);
+    return result;
+}
+
 /* ---- module ---------------------------------------------------------------- */
 
 #define METHOD(name, doc) {#name, (PyCFunction)(void (*)(void))np_##name, METH_VARARGS | METH_KEYWORDS, doc}
@@ -516,6 +594,8 @@ static PyMethodDef methods[] = {
     METHOD(horn_inject_backward, "horn_inject_backward(dy, n_phases) -> dx"),
     METHOD(horn_embedding_forward, "horn_embedding_forward(ids, table, n_phases, offset=0) -> y"),
     METHOD(horn_embedding_backward, "horn_embedding_backward(dy, ids, vocab_size, n_phases) -> dtable"),
+    METHOD(swiglu_forward, "swiglu_forward(gate_up) -> h"),
+    METHOD(swiglu_backward, "swiglu_backward(dh, gate_up) -> d_gate_up"),
     {NULL, NULL, 0, NULL},
 };
 

@@ -7,7 +7,7 @@ Every module of :mod:`tpt_ops.nn` that uses a 3PT op takes ``backend``:
 * ``"reference"`` the same-named functions of :mod:`tpt_ops.reference`
   (plain PyTorch, the ground truth and the "unfused" baseline).
 
-Both expose the same six functions with the same signatures, so a model's
+Both expose the same seven functions with the same signatures, so a model's
 math, parameters and state_dict do not depend on the backend.
 """
 from __future__ import annotations
@@ -21,7 +21,8 @@ import tpt_ops.reference
 BACKENDS = ("fused", "reference")
 
 #: The functional ops a backend must provide (names and signatures of tpt_ops.reference).
-OP_NAMES = ("phase_rmsnorm", "phase_rotate", "horn_inject", "horn_embedding", "add_rotate_norm", "add_norm")
+OP_NAMES = ("phase_rmsnorm", "phase_rotate", "horn_inject", "horn_embedding", "add_rotate_norm", "add_norm",
+            "swiglu")
 
 _MODULES = {"fused": tpt_ops, "reference": tpt_ops.reference}
 
@@ -37,6 +38,7 @@ class Ops:
     horn_embedding: Callable
     add_rotate_norm: Callable
     add_norm: Callable
+    swiglu: Callable
 
 
 _CACHE: dict[str, Ops] = {}

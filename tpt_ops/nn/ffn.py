@@ -5,14 +5,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from tpt_ops.nn.backend import check_backend
+from tpt_ops.nn.backend import check_backend, ops_for
 
 
 class SwiGLU(nn.Module):
     """``down(silu(gate(x)) * up(x))``, bias-free.
 
     ``gate`` and ``up`` are one fused matmul: ``gate_up.weight`` is the
-    row-wise concatenation ``[W_gate; W_up]`` (``[2*d_ff, d_model]``);
+    row-wise concatenation ``[W_gate; W_up]`` (``[2*d_ff, d_model]``), and
+    ``backend="fused"`` applies ``silu(gate) * up`` to its output with the
+    fused ``swiglu`` kernel (one pass forward, one backward, no chunk/cat);
     ``backend="reference"`` runs them as two matmuls, as the paper's code does.
     """
 
@@ -34,11 +36,9 @@ class SwiGLU(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         if self.backend == "fused":
-            gate, up = self.gate_up(x).chunk(2, dim=-1)
-        else:
-            w_gate, w_up = self.gate_up.weight.chunk(2, dim=0)
-            gate, up = F.linear(x, w_gate), F.linear(x, w_up)
-        return self.down(F.silu(gate) * up)
+            return self.down(ops_for(self.backend).swiglu(self.gate_up(x)))
+        w_gate, w_up = self.gate_up.weight.chunk(2, dim=0)
+        return self.down(F.silu(F.linear(x, w_gate)) * F.linear(x, w_up))
 
     def extra_repr(self) -> str:
         return f"d_model={self.d_model}, d_ff={self.d_ff}, backend={self.backend!r}"

@@ -1,0 +1,68 @@
+"""Fused SwiGLU activation: functional API, autograd and fake kernels of torch.ops.tpt.swiglu.
+
+Kernels: csrc/cpu/swiglu.c; registration: csrc/torch/swiglu.cpp.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from tpt_ops import _C  # noqa: F401  (registers torch.ops.tpt.*)
+from tpt_ops.ops._checks import check_float, fail
+
+OP = "swiglu"
+
+
+def _check_gate_up(op: str, gate_up: Tensor) -> int:
+    """F, half the last dim of gate_up = [..., 2F]."""
+    check_float(op, "gate_up", gate_up)
+    if gate_up.dim() < 1:
+        fail(op, "argument 'gate_up' must have at least 1 dimension, got a scalar")
+    D = gate_up.shape[-1]
+    if D % 2 != 0:
+        fail(op, f"the last dim of 'gate_up' ({D}) must be even: its first half is the gate, "
+                 "its second half the up projection")
+    return D // 2
+
+
+@torch.library.register_fake("tpt::swiglu")
+def _swiglu_fake(gate_up: Tensor) -> Tensor:
+    F = _check_gate_up(OP, gate_up)
+    return gate_up.new_empty((*gate_up.shape[:-1], F))
+
+
+@torch.library.register_fake("tpt::swiglu_backward")
+def _swiglu_backward_fake(dh: Tensor, gate_up: Tensor) -> Tensor:
+    op = OP + "_backward"
+    check_float(op, "gate_up", gate_up)
+    check_float(op, "dh", dh)
+    if dh.device != gate_up.device:
+        fail(op, "argument 'dh' is on a different device from the input")
+    F = _check_gate_up(op, gate_up)
+    if dh.shape != (*gate_up.shape[:-1], F):
+        fail(op, f"argument 'dh' has shape {list(dh.shape)}; expected the shape of gate_up "
+                 f"{list(gate_up.shape)} with its last dim halved")
+    return gate_up.new_empty(gate_up.shape)  # contiguous, as the kernel's output (empty_like would keep strides)
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    ctx.save_for_backward(inputs[0])
+
+
+def _backward(ctx, dh: Tensor) -> Tensor:
+    (gate_up,) = ctx.saved_tensors
+    return torch.ops.tpt.swiglu_backward(dh, gate_up)
+
+
+torch.library.register_autograd("tpt::swiglu", _backward, setup_context=_setup_context)
+
+
+def swiglu(gate_up: Tensor) -> Tensor:
+    """``silu(gate) * up`` for ``gate, up = gate_up.chunk(2, dim=-1)``, in one pass.
+
+    ``gate_up`` is ``[..., 2F]`` (the output of the FFN's fused gate/up
+    matmul); the result is ``[..., F]`` in ``gate_up``'s dtype, computed in
+    float32 (float64 for float64). The backward writes the gradients of both
+    halves straight into one ``[..., 2F]`` tensor.
+    """
+    return torch.ops.tpt.swiglu(gate_up)
