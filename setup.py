@@ -29,19 +29,31 @@ def sources(pattern):
 # Portable optimisation: no -march=native; hot kernels carry target_clones
 # (csrc/cpu/common.h) so each CPU runs its best ISA. -ffp-contract=fast lets
 # the clones use FMA; sums are kept in fixed lanes so no reassociation is needed.
-C_FLAGS = ["-std=c11", "-O3", "-fPIC", "-ffp-contract=fast", "-fno-math-errno", "-Wall", "-Wextra"]
+# -fno-trapping-math (no kernel reads floating-point exception flags) lets
+# loops with selects, such as tpt_exp_f32's range checks, become blends and
+# vectorise; it changes no value.
+C_FLAGS = ["-std=c11", "-O3", "-fPIC", "-ffp-contract=fast", "-fno-math-errno", "-fno-trapping-math", "-Wall",
+           "-Wextra"]
 
 # LibTorch stable ABI: target torch 2.10 and the CPython 3.9 limited API.
 # (py_limited_api=True makes setuptools define Py_LIMITED_API.)
 STABLE_ABI = ["-DTORCH_TARGET_VERSION=0x020a000000000000"]
 
-kernels = ("tpt_kernels", {"sources": sources("csrc/cpu/*.c"), "cflags": C_FLAGS, "include_dirs": ["csrc/cpu"]})
+# setuptools rebuilds only what is older than its dependencies: every kernel
+# includes the shared headers and .inc files, and both extensions link the
+# kernel library, so a change to any kernel file must reach all of them.
+KERNEL_HEADERS = sources("csrc/cpu/*.h") + sources("csrc/cpu/*.inc")
+KERNEL_FILES = sources("csrc/cpu/*.c") + KERNEL_HEADERS
+
+kernels = ("tpt_kernels", {"sources": sources("csrc/cpu/*.c"), "cflags": C_FLAGS, "include_dirs": ["csrc/cpu"],
+                           "obj_deps": {"": KERNEL_HEADERS}})
 
 torch_ext = CppExtension(
     "tpt_ops._C",
     sources("csrc/torch/*.cpp"),
     include_dirs=[os.path.join(ROOT, "csrc")],
     libraries=["tpt_kernels"],
+    depends=KERNEL_FILES + sources("csrc/torch/*.h"),
     extra_compile_args={"cxx": ["-O3", "-std=c++17", "-Wall"] + STABLE_ABI},
     py_limited_api=True,
 )
@@ -51,6 +63,7 @@ numpy_ext = Extension(
     sources("csrc/numpy/*.c"),
     include_dirs=[numpy.get_include(), os.path.join(ROOT, "csrc")],
     libraries=["tpt_kernels"],
+    depends=KERNEL_FILES,
     extra_compile_args=C_FLAGS,
     define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
 )

@@ -3,7 +3,8 @@
  * Each family's .c includes its .inc twice, once with TPT_PRECISION 32 (for
  * float32, bfloat16 and float16 storage) and once with TPT_PRECISION 64 (for
  * float64). The .inc includes this header first, which (re)defines `real`,
- * the SFX() name suffix, and row helpers for that precision. One kernel
+ * the SFX() name suffix, row helpers and EXP (vectorisable in float32) for
+ * that precision. One kernel
  * source, two precisions, no copies. No include guard on purpose. */
 #include "common.h"
 #include <tgmath.h>
@@ -13,18 +14,21 @@
 #undef ROW_IN
 #undef ROW_BUF
 #undef ROW_OUT
+#undef EXP
 #if TPT_PRECISION == 32
 #define real float
 #define SFX(name) name##_f32
 #define ROW_IN tpt_row_in_f32
 #define ROW_BUF tpt_row_buf_f32
 #define ROW_OUT tpt_row_out_f32
+#define EXP tpt_exp_f32
 #elif TPT_PRECISION == 64
 #define real double
 #define SFX(name) name##_f64
 #define ROW_IN tpt_row_in_f64
 #define ROW_BUF tpt_row_buf_f64
 #define ROW_OUT tpt_row_out_f64
+#define EXP exp
 #else
 #error "define TPT_PRECISION as 32 or 64 before including real.h"
 #endif
