@@ -8,7 +8,7 @@ import torch.nn.functional as F
 import tpt_ops
 from tpt_ops import reference
 from tpt_ops.nn import (BACKENDS, OP_NAMES, GroupedQueryAttention, HornEmbedding, KVCache, PhaseRMSNorm,
-                        PhaseRotation, RotaryEmbedding, SwiGLU, ThreePhaseBlock, apply_rotary, check_heads,
+                        PhaseRotation, RotaryEmbedding, SwiGLU, ThreePhaseBlock, check_heads,
                         ops_for, rotate_half)
 
 TOL = dict(rtol=1e-5, atol=1e-5)
@@ -125,6 +125,13 @@ def test_horn_embedding(backend):
 
 # ----------------------------------------------------------------- RoPE
 
+def rotary(x, cos, sin_signed, backend="fused"):
+    """RoPE of every head of x [B, T, n, hd] through the backend's qkv_rope (x as the q heads, zero k and v)."""
+    B, T, n, hd = x.shape
+    qkv = torch.cat((x, x.new_zeros(B, T, 2, hd)), dim=2).flatten(2)
+    return ops_for(backend).qkv_rope(qkv, cos, sin_signed, n, 1)[0].transpose(1, 2)
+
+
 def test_rotary_embedding():
     rope = RotaryEmbedding(8, 16)
     assert rope.cos.shape == (16, 8) and not dict(rope.state_dict())
@@ -133,10 +140,11 @@ def test_rotary_embedding():
     ang = torch.arange(3, 7)[:, None] * inv
     torch.testing.assert_close(cos, ang.cos().repeat(1, 2))
     torch.testing.assert_close(sin_signed, torch.cat((-ang.sin(), ang.sin()), -1))
-    # apply_rotary is the textbook rotate-half form x*cos + rotate_half(x)*sin
+    # qkv_rope (both backends) on these tables is the textbook rotate-half form x*cos + rotate_half(x)*sin
     x = torch.randn(2, 4, 3, 8, generator=gen(4))
-    torch.testing.assert_close(apply_rotary(x, cos, sin_signed),
-                               x * cos[:, None] + rotate_half(x) * ang.sin().repeat(1, 2)[:, None])
+    for backend in BACKENDS:
+        torch.testing.assert_close(rotary(x, cos, sin_signed, backend),
+                                   x * cos[:, None] + rotate_half(x) * ang.sin().repeat(1, 2)[:, None])
     with pytest.raises(ValueError, match="exceed max_seq_len"):
         rope(14, 3)
     with pytest.raises(ValueError, match="even"):
@@ -146,9 +154,9 @@ def test_rotary_embedding():
     k = torch.randn(1, 1, 1, 8, generator=gen(6))
 
     def score(m, n):
-        return (apply_rotary(q, *rope(m, 1)) * apply_rotary(k, *rope(n, 1))).sum()
+        return (rotary(q, *rope(m, 1)) * rotary(k, *rope(n, 1))).sum()
     torch.testing.assert_close(score(5, 2), score(10, 7))
-    torch.testing.assert_close(apply_rotary(q, *rope(9, 1)).norm(), q.norm())
+    torch.testing.assert_close(rotary(q, *rope(9, 1)).norm(), q.norm())
 
 
 # ------------------------------------------------------------- attention

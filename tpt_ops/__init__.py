@@ -12,9 +12,10 @@ from tpt_ops import numpy  # noqa: F401  (the NumPy face, tpt_ops.numpy)
 from tpt_ops.ops.block import add_norm, add_rotate_norm
 from tpt_ops.ops.horn import horn_embedding, horn_inject
 from tpt_ops.ops.norm import phase_rmsnorm
+from tpt_ops.ops.rope import qkv_rope
 from tpt_ops.ops.rotate import phase_rotate
 from tpt_ops.ops.swiglu import swiglu
 
 __all__ = ["phase_rmsnorm", "phase_rotate", "horn_inject", "horn_embedding", "add_rotate_norm", "add_norm",
-           "swiglu"]
+           "swiglu", "qkv_rope"]
 __version__ = "0.1.0"

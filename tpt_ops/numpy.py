@@ -20,6 +20,8 @@ from tpt_ops._np import (  # noqa: F401
     phase_rmsnorm_forward,
     phase_rotate_backward,
     phase_rotate_forward,
+    qkv_rope_backward,
+    qkv_rope_forward,
     swiglu_backward,
     swiglu_forward,
 )
@@ -51,4 +53,6 @@ __all__ = [
     "horn_embedding_backward",
     "swiglu_forward",
     "swiglu_backward",
+    "qkv_rope_forward",
+    "qkv_rope_backward",
 ]

@@ -77,3 +77,19 @@ def swiglu(gate_up: Tensor) -> Tensor:
     """h = silu(g) * u for g, u the first and second halves of the last dim of gate_up."""
     gate, up = gate_up.to(compute_dtype(gate_up.dtype)).chunk(2, dim=-1)
     return (torch.nn.functional.silu(gate) * up).to(gate_up.dtype)
+
+
+def qkv_rope(qkv: Tensor, cos: Tensor, sin_signed: Tensor, n_q_heads: int,
+             n_kv_heads: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Split qkv [B, T, (H + 2*Hkv)*hd] into heads, rotate-half RoPE on q and k, v as is; each [B, heads, T, hd]."""
+    ct = compute_dtype(qkv.dtype)
+    hd = qkv.shape[-1] // (n_q_heads + 2 * n_kv_heads)
+    q, k, v = qkv.to(ct).unflatten(-1, (n_q_heads + 2 * n_kv_heads, hd)).split(
+        (n_q_heads, n_kv_heads, n_kv_heads), dim=2)
+    cos, sin_signed = cos.to(ct)[:, None, :], sin_signed.to(ct)[:, None, :]
+
+    def rope(x: Tensor) -> Tensor:
+        x1, x2 = x.chunk(2, dim=-1)
+        return x * cos + torch.cat((x2, x1), dim=-1) * sin_signed
+
+    return tuple(y.transpose(1, 2).contiguous().to(qkv.dtype) for y in (rope(q), rope(k), v))

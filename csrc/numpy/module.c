@@ -12,6 +12,7 @@
 #include "cpu/block.h"
 #include "cpu/horn.h"
 #include "cpu/norm.h"
+#include "cpu/rope.h"
 #include "cpu/rotate.h"
 #include "cpu/swiglu.h"
 
@@ -577,6 +578,134 @@ done:
     return result;
 }
 
+/* ---- fused qkv split + RoPE (csrc/cpu/rope.h) ------------------------------ */
+
+static int check_head_counts(long H, long Hkv, const char* fn) {
+    if (H < 1 || Hkv < 1) {
+        PyErr_Format(PyExc_ValueError, "tpt_ops.numpy.%s: n_q_heads and n_kv_heads must be >= 1, got %ld and %ld",
+                     fn, H, Hkv);
+        return -1;
+    }
+    return 0;
+}
+
+static int check_head_dim(npy_intp hd, const char* fn) {
+    if (hd % 2) {
+        PyErr_Format(PyExc_ValueError, "tpt_ops.numpy.%s: head_dim (%ld) is odd; rotate-half RoPE needs an even head_dim",
+                     fn, (long)hd);
+        return -1;
+    }
+    return 0;
+}
+
+/* cos and sin_signed must both be [T, hd]. */
+static int check_tables(PyArrayObject* cos, PyArrayObject* sin, npy_intp T, npy_intp hd, const char* fn) {
+    PyArrayObject* tables[2] = {cos, sin};
+    const char* names[2] = {"cos", "sin_signed"};
+    for (int i = 0; i < 2; i++) {
+        if (PyArray_NDIM(tables[i]) != 2 || PyArray_DIM(tables[i], 0) != T || PyArray_DIM(tables[i], 1) != hd) {
+            PyErr_Format(PyExc_ValueError, "tpt_ops.numpy.%s: argument '%s' must have shape (T, head_dim) = (%ld, %ld)",
+                         fn, names[i], (long)T, (long)hd);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static PyObject* np_qkv_rope_forward(PyObject* self, PyObject* args, PyObject* kw) {
+    static char* names[] = {"qkv", "cos", "sin_signed", "n_q_heads", "n_kv_heads", NULL};
+    const char* fn = "qkv_rope_forward";
+    PyObject *qo, *co, *so;
+    long H, Hkv;
+    (void)self;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOll", names, &qo, &co, &so, &H, &Hkv)) return NULL;
+    PyArrayObject *qkv = NULL, *cos = NULL, *sin = NULL, *q = NULL, *k = NULL, *v = NULL;
+    PyObject* result = NULL;
+    if (!(qkv = float_array(qo, fn, "qkv", NPY_NOTYPE))) goto done;
+    const int type = PyArray_TYPE(qkv);
+    if (!(cos = float_array(co, fn, "cos", type)) || !(sin = float_array(so, fn, "sin_signed", type))) goto done;
+    if (PyArray_NDIM(qkv) != 3) {
+        PyErr_Format(PyExc_ValueError,
+                     "tpt_ops.numpy.%s: argument 'qkv' must be 3-d (B, T, (n_q_heads + 2*n_kv_heads)*head_dim)", fn);
+        goto done;
+    }
+    if (check_head_counts(H, Hkv, fn)) goto done;
+    const npy_intp B = PyArray_DIM(qkv, 0), T = PyArray_DIM(qkv, 1), D = PyArray_DIM(qkv, 2), heads = H + 2 * Hkv;
+    if (D % heads) {
+        PyErr_Format(PyExc_ValueError,
+                     "tpt_ops.numpy.%s: the last dim of 'qkv' (%ld) is not divisible by n_q_heads + 2*n_kv_heads = %ld",
+                     fn, (long)D, (long)heads);
+        goto done;
+    }
+    const npy_intp hd = D / heads;
+    if (check_head_dim(hd, fn) || check_tables(cos, sin, T, hd, fn)) goto done;
+    npy_intp q_dims[4] = {B, H, T, hd}, kv_dims[4] = {B, Hkv, T, hd};
+    if (!(q = new_array(4, q_dims, type)) || !(k = new_array(4, kv_dims, type)) || !(v = new_array(4, kv_dims, type)))
+        goto done;
+    const npy_intp M = hd ? B * T : 0;
+    int status;
+    Py_BEGIN_ALLOW_THREADS
+    status = type == NPY_DOUBLE
+        ? qkv_rope_forward_f64(PyArray_DATA(q), PyArray_DATA(k), PyArray_DATA(v), PyArray_DATA(qkv), PyArray_DATA(cos),
+                               PyArray_DATA(sin), TPT_FLOAT64, 0, M, T, H, Hkv, hd)
+        : qkv_rope_forward_f32(PyArray_DATA(q), PyArray_DATA(k), PyArray_DATA(v), PyArray_DATA(qkv), PyArray_DATA(cos),
+                               PyArray_DATA(sin), TPT_FLOAT32, 0, M, T, H, Hkv, hd);
+    Py_END_ALLOW_THREADS
+    if (kernel_status(status, fn)) result = Py_BuildValue("OOO", q, k, v);
+done:
+    Py_XDECREF(qkv); Py_XDECREF(cos); Py_XDECREF(sin); Py_XDECREF(q); Py_XDECREF(k); Py_XDECREF(v);
+    return result;
+}
+
+static PyObject* np_qkv_rope_backward(PyObject* self, PyObject* args, PyObject* kw) {
+    static char* names[] = {"dq", "dk", "dv", "cos", "sin_signed", "n_q_heads", "n_kv_heads", NULL};
+    const char* fn = "qkv_rope_backward";
+    PyObject *dqo, *dko, *dvo, *co, *so;
+    long H, Hkv;
+    (void)self;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOOOll", names, &dqo, &dko, &dvo, &co, &so, &H, &Hkv)) return NULL;
+    PyArrayObject *dq = NULL, *dk = NULL, *dv = NULL, *cos = NULL, *sin = NULL, *dqkv = NULL;
+    PyObject* result = NULL;
+    if (!(dq = float_array(dqo, fn, "dq", NPY_NOTYPE))) goto done;
+    const int type = PyArray_TYPE(dq);
+    if (!(dk = float_array(dko, fn, "dk", type)) || !(dv = float_array(dvo, fn, "dv", type)) ||
+        !(cos = float_array(co, fn, "cos", type)) || !(sin = float_array(so, fn, "sin_signed", type)))
+        goto done;
+    if (check_head_counts(H, Hkv, fn)) goto done;
+    if (PyArray_NDIM(dq) != 4 || PyArray_DIM(dq, 1) != H) {
+        PyErr_Format(PyExc_ValueError, "tpt_ops.numpy.%s: argument 'dq' must have shape (B, n_q_heads, T, head_dim)", fn);
+        goto done;
+    }
+    const npy_intp B = PyArray_DIM(dq, 0), T = PyArray_DIM(dq, 2), hd = PyArray_DIM(dq, 3);
+    if (check_head_dim(hd, fn)) goto done;
+    PyArrayObject* kv[2] = {dk, dv};
+    const char* kv_names[2] = {"dk", "dv"};
+    for (int i = 0; i < 2; i++) {
+        if (PyArray_NDIM(kv[i]) != 4 || PyArray_DIM(kv[i], 0) != B || PyArray_DIM(kv[i], 1) != Hkv ||
+            PyArray_DIM(kv[i], 2) != T || PyArray_DIM(kv[i], 3) != hd) {
+            PyErr_Format(PyExc_ValueError, "tpt_ops.numpy.%s: argument '%s' must have shape (B, n_kv_heads, T, head_dim)"
+                         " = (%ld, %ld, %ld, %ld)", fn, kv_names[i], (long)B, Hkv, (long)T, (long)hd);
+            goto done;
+        }
+    }
+    if (check_tables(cos, sin, T, hd, fn)) goto done;
+    npy_intp dims[3] = {B, T, (H + 2 * Hkv) * hd};
+    if (!(dqkv = new_array(3, dims, type))) goto done;
+    const npy_intp M = hd ? B * T : 0;
+    int status;
+    Py_BEGIN_ALLOW_THREADS
+    status = type == NPY_DOUBLE
+        ? qkv_rope_backward_f64(PyArray_DATA(dqkv), PyArray_DATA(dq), PyArray_DATA(dk), PyArray_DATA(dv),
+                                PyArray_DATA(cos), PyArray_DATA(sin), TPT_FLOAT64, 0, M, T, H, Hkv, hd)
+        : qkv_rope_backward_f32(PyArray_DATA(dqkv), PyArray_DATA(dq), PyArray_DATA(dk), PyArray_DATA(dv),
+                                PyArray_DATA(cos), PyArray_DATA(sin), TPT_FLOAT32, 0, M, T, H, Hkv, hd);
+    Py_END_ALLOW_THREADS
+    if (kernel_status(status, fn)) result = Py_BuildValue("O", dqkv);
+done:
+    Py_XDECREF(dq); Py_XDECREF(dk); Py_XDECREF(dv); Py_XDECREF(cos); Py_XDECREF(sin); Py_XDECREF(dqkv);
+    return result;
+}
+
 /* ---- module ---------------------------------------------------------------- */
 
 #define METHOD(name, doc) {#name, (PyCFunction)(void (*)(void))np_##name, METH_VARARGS | METH_KEYWORDS, doc}
@@ -596,6 +725,9 @@ static PyMethodDef methods[] = {
     METHOD(horn_embedding_backward, "horn_embedding_backward(dy, ids, vocab_size, n_phases) -> dtable"),
     METHOD(swiglu_forward, "swiglu_forward(gate_up) -> h"),
     METHOD(swiglu_backward, "swiglu_backward(dh, gate_up) -> d_gate_up"),
+    METHOD(qkv_rope_forward, "qkv_rope_forward(qkv, cos, sin_signed, n_q_heads, n_kv_heads) -> (q, k, v)"),
+    METHOD(qkv_rope_backward,
+           "qkv_rope_backward(dq, dk, dv, cos, sin_signed, n_q_heads, n_kv_heads) -> dqkv"),
     {NULL, NULL, 0, NULL},
 };
 

@@ -5,8 +5,7 @@ Modules that use a 3PT op take ``backend="fused"`` (the C kernels exported by
 :mod:`tpt_ops.reference`); both give the same results and have the same
 parameters, so weights move freely between them. See :func:`ops_for`.
 """
-from tpt_ops.nn.attention import (GroupedQueryAttention, KVCache, RotaryEmbedding, apply_rotary,
-                                  check_heads, rotate_half)
+from tpt_ops.nn.attention import GroupedQueryAttention, KVCache, RotaryEmbedding, check_heads, rotate_half
 from tpt_ops.nn.backend import BACKENDS, OP_NAMES, Ops, check_backend, ops_for
 from tpt_ops.nn.block import ThreePhaseBlock
 from tpt_ops.nn.embedding import HornEmbedding
@@ -17,6 +16,6 @@ from tpt_ops.nn.rotation import PhaseRotation
 __all__ = [
     "BACKENDS", "OP_NAMES", "Ops", "check_backend", "ops_for",
     "PhaseRMSNorm", "PhaseRotation", "HornEmbedding",
-    "RotaryEmbedding", "apply_rotary", "rotate_half", "check_heads", "KVCache", "GroupedQueryAttention",
+    "RotaryEmbedding", "rotate_half", "check_heads", "KVCache", "GroupedQueryAttention",
     "SwiGLU", "ThreePhaseBlock",
 ]

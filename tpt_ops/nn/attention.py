@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from tpt_ops.nn.backend import check_backend
+from tpt_ops.nn.backend import check_backend, ops_for
 
 
 def check_heads(d_model: int, n_q_heads: int, n_kv_heads: int, n_phases: int = 1) -> int:
@@ -85,16 +85,6 @@ def apply_rotary_reference(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     return (x * cos[:, None, :] + rotate_half(x) * sin[:, None, :]).to(x.dtype)
 
 
-def apply_rotary(x: Tensor, cos: Tensor, sin_signed: Tensor) -> Tensor:
-    """RoPE (rotate-half) on ``x`` ``[B, T, H, head_dim]`` with tables ``[T, head_dim]`` from :class:`RotaryEmbedding`.
-
-    ``x * cos + rotate_half(x) * sin``, written as ``x * cos + [x2, x1] *
-    sin_signed``. Computed in the tables' precision, returned in ``x``'s dtype.
-    """
-    x1, x2 = x.chunk(2, dim=-1)
-    return (x * cos[:, None, :] + torch.cat((x2, x1), dim=-1) * sin_signed[:, None, :]).to(x.dtype)
-
-
 class KVCache:
     """Key/value cache for incremental decoding, one preallocated buffer pair per layer.
 
@@ -141,8 +131,10 @@ class GroupedQueryAttention(nn.Module):
     ``[n_q_heads*hd, D]``, ``[n_kv_heads*hd, D]``, ``[n_kv_heads*hd, D]``).
     Query head ``h`` uses KV head ``h // (n_q_heads / n_kv_heads)``.
     ``head_dim = d_model / n_q_heads``. RoPE (rotate-half) is applied to q and
-    k; attention is ``F.scaled_dot_product_attention`` with scale
-    ``1/sqrt(head_dim)``. Layout checks: :func:`check_heads`.
+    k (``backend="fused"``: the ``qkv_rope`` kernel splits the projection into
+    heads, rotates q and k and writes them head-major in one pass); attention
+    is ``F.scaled_dot_product_attention`` with scale ``1/sqrt(head_dim)``.
+    Layout checks: :func:`check_heads`.
 
     ``backend="reference"`` computes the same thing the way the paper's
     reference code does, as the baseline the fused path is measured against:
@@ -182,16 +174,15 @@ class GroupedQueryAttention(nn.Module):
         B, T, _ = x.shape
         H, Hkv, hd = self.n_q_heads, self.n_kv_heads, self.head_dim
         if self.backend == "fused":
-            # split (not slicing): its backward concatenates instead of zero-filling
-            qk, v = self.qkv(x).unflatten(-1, (H + 2 * Hkv, hd)).split((H + Hkv, Hkv), dim=2)
-            q, k = apply_rotary(qk, cos, sin_signed).split((H, Hkv), dim=2)
+            # one pass: split into heads, RoPE on q and k, head-major [B, heads, T, hd] outputs
+            q, k, v = ops_for(self.backend).qkv_rope(self.qkv(x), cos, sin_signed, H, Hkv)
         else:
             w_q, w_k, w_v = self.qkv.weight.split((self.q_dim, self.kv_dim, self.kv_dim))
             sin = sin_signed[:, hd // 2:].repeat(1, 2)
             q = apply_rotary_reference(F.linear(x, w_q).unflatten(-1, (H, hd)), cos, sin)
             k = apply_rotary_reference(F.linear(x, w_k).unflatten(-1, (Hkv, hd)), cos, sin)
             v = F.linear(x, w_v).unflatten(-1, (Hkv, hd))
-        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+            q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         mask, causal = None, True
         if kv_cache is not None:
             past = kv_cache.length

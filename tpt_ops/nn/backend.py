@@ -7,7 +7,7 @@ Every module of :mod:`tpt_ops.nn` that uses a 3PT op takes ``backend``:
 * ``"reference"`` the same-named functions of :mod:`tpt_ops.reference`
   (plain PyTorch, the ground truth and the "unfused" baseline).
 
-Both expose the same seven functions with the same signatures, so a model's
+Both expose the same eight functions with the same signatures, so a model's
 math, parameters and state_dict do not depend on the backend.
 """
 from __future__ import annotations
@@ -22,7 +22,7 @@ BACKENDS = ("fused", "reference")
 
 #: The functional ops a backend must provide (names and signatures of tpt_ops.reference).
 OP_NAMES = ("phase_rmsnorm", "phase_rotate", "horn_inject", "horn_embedding", "add_rotate_norm", "add_norm",
-            "swiglu")
+            "swiglu", "qkv_rope")
 
 _MODULES = {"fused": tpt_ops, "reference": tpt_ops.reference}
 
@@ -39,6 +39,7 @@ class Ops:
     add_rotate_norm: Callable
     add_norm: Callable
     swiglu: Callable
+    qkv_rope: Callable
 
 
 _CACHE: dict[str, Ops] = {}

@@ -1,0 +1,46 @@
+/* Fused "split qkv + RoPE + head-major layout" of the attention. qkv is
+ * [B, T, (H + 2*Hkv)*hd] row-major in storage dtype dt: per (b, t) row the H
+ * query heads, then the Hkv key heads, then the Hkv value heads, hd each.
+ * q is [B, H, T, hd], k and v are [B, Hkv, T, hd], all in dt. cos and
+ * sin_signed are [T, hd] in the compute precision (rotate-half tables:
+ * cos = [cos a, cos a], sin_signed = [-sin a, sin a]). _f32 computes in
+ * float32 (dt float32/bfloat16/float16), _f64 in float64 (dt float64).
+ * The work is over rows m = b*T + t, each row scattering to (forward) or
+ * gathering from (backward) its H + 2*Hkv head rows; no reduction, so any
+ * split of the rows gives the same bits. */
+#ifndef TPT_ROPE_H
+#define TPT_ROPE_H
+#include "common.h"
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* For a q or k head x at time t, with h2 = hd/2:
+ *   y[j]      = x[j]      * cos[t, j]      + x[j + h2] * sin_signed[t, j]
+ *   y[j + h2] = x[j + h2] * cos[t, j + h2] + x[j]      * sin_signed[t, j + h2]   (j < h2)
+ * v heads are copied unrotated. Rows [row_begin, row_end) of B*T.
+ * Returns TPT_OK or TPT_ERR_NOMEM. */
+int qkv_rope_forward_f32(void* q, void* k, void* v, const void* qkv, const float* cos, const float* sin_signed,
+                         tpt_dtype dt, int64_t row_begin, int64_t row_end, int64_t T, int64_t H, int64_t Hkv,
+                         int64_t hd);
+int qkv_rope_forward_f64(void* q, void* k, void* v, const void* qkv, const double* cos, const double* sin_signed,
+                         tpt_dtype dt, int64_t row_begin, int64_t row_end, int64_t T, int64_t H, int64_t Hkv,
+                         int64_t hd);
+
+/* The transpose of the rotation (it is orthogonal) on the output gradient d
+ * of a q or k head:
+ *   dx[j]      = d[j]      * cos[t, j]      + d[j + h2] * sin_signed[t, j + h2]
+ *   dx[j + h2] = d[j + h2] * cos[t, j + h2] + d[j]      * sin_signed[t, j]        (j < h2)
+ * dv is copied back; all written straight into dqkv [B, T, (H + 2*Hkv)*hd].
+ * dq, dk, dv are in dt with the shapes of q, k, v. Rows [row_begin, row_end). */
+int qkv_rope_backward_f32(void* dqkv, const void* dq, const void* dk, const void* dv, const float* cos,
+                          const float* sin_signed, tpt_dtype dt, int64_t row_begin, int64_t row_end, int64_t T,
+                          int64_t H, int64_t Hkv, int64_t hd);
+int qkv_rope_backward_f64(void* dqkv, const void* dq, const void* dk, const void* dv, const double* cos,
+                          const double* sin_signed, tpt_dtype dt, int64_t row_begin, int64_t row_end, int64_t T,
+                          int64_t H, int64_t Hkv, int64_t hd);
+
+#ifdef __cplusplus
+}
+#endif
+#endif
