@@ -47,12 +47,13 @@ TPT_HD uint32_t tpt_float_to_bits(float f) { uint32_t u; memcpy(&u, &f, 4); retu
 /* bfloat16 is the top half of a float32. */
 TPT_HD float tpt_bf16_to_float(uint16_t h) { return tpt_bits_to_float((uint32_t)h << 16); }
 
-/* Round to nearest, ties to even; NaN stays a (quiet) NaN. */
+/* Round to nearest, ties to even; NaN stays a (quiet) NaN. Written as a
+ * select rather than an early return so that conversion loops vectorise. */
 TPT_HD uint16_t tpt_float_to_bf16(float f) {
-    uint32_t u = tpt_float_to_bits(f);
-    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40u);
-    u += 0x7fffu + ((u >> 16) & 1u);
-    return (uint16_t)(u >> 16);
+    const uint32_t u = tpt_float_to_bits(f);
+    const uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+    const uint32_t quiet_nan = (u >> 16) | 0x40u;
+    return (uint16_t)((u & 0x7fffffffu) > 0x7f800000u ? quiet_nan : rounded);
 }
 
 /* IEEE binary16 -> float32, exact (subnormals, inf and NaN included). */
