@@ -2,16 +2,19 @@
 
 Four variants at two shapes, in one run: 3PT and the RoPE-only baseline,
 each on the fused C kernels and on the plain-PyTorch reference ops (same
-model code, same weights, same GEMMs; only the 3PT ops differ). The last
-test prints a table: per-step time, 3PT-over-baseline overhead per backend
-(the paper's reference code pays +17.2% per step) and the fused-3PT speedup
-over reference-3PT.
+model code, same weights, same GEMMs). Each variant is a pytest-benchmark
+test; the last tests time the four variants again in interleaved rounds and
+print a table: per-step time, 3PT-over-baseline overhead per backend (the
+paper's reference code pays +17.2% per step) and the fused-3PT speedup over
+reference-3PT, as medians of per-round ratios with their spread.
 
 Run:  python -m pytest benchmarks/bench_model.py -q -s
       (or: python benchmarks/bench_model.py)
-Not part of the test suite; it takes about two minutes.
+Not part of the test suite; it takes about three minutes.
 """
 from __future__ import annotations
+
+import time
 
 import pytest
 import torch
@@ -29,9 +32,6 @@ SHAPES = {
                     batch=4, seq=256, threads=None, rounds=15),
 }
 VARIANTS = [("3pt", "fused"), ("3pt", "reference"), ("baseline", "fused"), ("baseline", "reference")]
-
-#: (shape, variant, backend) -> median seconds per step
-RESULTS: dict[tuple[str, str, str], float] = {}
 
 
 def make_step(shape: str, variant: str, backend: str):
@@ -66,31 +66,59 @@ def test_train_step(benchmark, shape, variant, backend):
         benchmark.pedantic(step, rounds=spec["rounds"], iterations=1, warmup_rounds=1)
     finally:
         torch.set_num_threads(ALL_THREADS)
-    if benchmark.stats is not None:
-        RESULTS[(shape, variant, backend)] = benchmark.stats.stats.median
 
 
-def test_zz_report(capsys):
-    """Prints the comparison table of everything measured above."""
-    lines = ["", "training step (forward + backward + AdamW), CPU, median per step",
-             f"{'shape':<9} {'threads':>7} {'3PT fused':>10} {'3PT ref':>10} {'base fused':>10} {'base ref':>10} "
-             f"{'3PT ovh fused':>13} {'3PT ovh ref':>11} {'fused/ref 3PT':>13}"]
-    for shape, spec in SHAPES.items():
-        t = {(v, b): RESULTS.get((shape, v, b)) for v, b in VARIANTS}
-        if any(value is None for value in t.values()):
-            lines.append(f"{shape:<9} (not measured)")
-            continue
+def paired_ratios(steps: dict, rounds: int) -> dict:
+    """Times every variant once per round, in a rotating order, so that slow
+    drift of a noisy machine hits all variants alike; returns each variant's
+    per-round times (seconds)."""
+    names = list(steps)
+    times = {name: [] for name in names}
+    for r in range(rounds):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            t0 = time.perf_counter()
+            steps[name]()
+            times[name].append(time.perf_counter() - t0)
+    return times
 
-        def ms(v, b):
-            return f"{t[v, b] * 1e3:9.1f}ms"
 
-        def overhead(b):
-            return f"{(t['3pt', b] / t['baseline', b] - 1) * 100:+.1f}%"
-        speedup = t["3pt", "reference"] / t["3pt", "fused"]
-        threads = spec["threads"] or ALL_THREADS
-        lines.append(f"{shape:<9} {threads:>7} {ms('3pt', 'fused'):>10} {ms('3pt', 'reference'):>10} "
-                     f"{ms('baseline', 'fused'):>10} {ms('baseline', 'reference'):>10} "
-                     f"{overhead('fused'):>13} {overhead('reference'):>11} {speedup:>12.2f}x")
+def median(values):
+    values = sorted(values)
+    return values[len(values) // 2]
+
+
+@pytest.mark.parametrize("shape", list(SHAPES))
+def test_zz_interleaved_report(shape, capsys):
+    """The comparison table, from interleaved rounds: per-step medians, and the
+    3PT overhead and fused speedup as medians of per-round ratios, with their
+    interquartile range (the run's own noise)."""
+    spec = SHAPES[shape]
+    torch.set_num_threads(spec["threads"] or ALL_THREADS)
+    try:
+        steps = {(v, b): make_step(shape, v, b) for v, b in VARIANTS}
+        for step in steps.values():
+            step()
+        t = paired_ratios(steps, 2 * spec["rounds"])
+    finally:
+        torch.set_num_threads(ALL_THREADS)
+
+    def ratio(num, den):
+        rs = sorted(a / b for a, b in zip(t[num], t[den]))
+        return median(rs), rs[len(rs) // 4], rs[3 * len(rs) // 4]
+
+    def pct(r):
+        return f"{(r[0] - 1) * 100:+.1f}% [{(r[1] - 1) * 100:+.1f}, {(r[2] - 1) * 100:+.1f}]"
+    fused_ovh = ratio(("3pt", "fused"), ("baseline", "fused"))
+    ref_ovh = ratio(("3pt", "reference"), ("baseline", "reference"))
+    speedup = ratio(("3pt", "reference"), ("3pt", "fused"))
+    ms = {k: f"{median(v) * 1e3:.1f}" for k, v in t.items()}
+    lines = ["", f"training step {shape} ({spec['threads'] or ALL_THREADS} threads, {len(t[VARIANTS[0]])} interleaved "
+             "rounds): median ms per step; ratios are medians of per-round ratios [interquartile range]",
+             "| 3PT fused | 3PT ref | base fused | base ref | 3PT overhead, fused | 3PT overhead, ref | fused/ref 3PT |",
+             "|---|---|---|---|---|---|---|",
+             f"| {ms['3pt', 'fused']} | {ms['3pt', 'reference']} | {ms['baseline', 'fused']} | "
+             f"{ms['baseline', 'reference']} | {pct(fused_ovh)} | {pct(ref_ovh)} | "
+             f"{speedup[0]:.2f}x [{speedup[1]:.2f}, {speedup[2]:.2f}] |"]
     with capsys.disabled():
         print("\n".join(lines))
 
