@@ -4,7 +4,7 @@
   as C by gcc with its own flags (setuptools build_clib).
 * ``tpt_ops._C``   the kernels registered as torch.ops.tpt.* through the
   LibTorch stable ABI (csrc/torch/*.cpp): an abi3 module that serves every
-  torch >= 2.10 and every CPython >= 3.9. No pybind11.
+  torch >= 2.10 and every CPython >= 3.9. No C++ binding library.
 * ``tpt_ops._np``  the same kernels for NumPy arrays (csrc/numpy/module.c,
   pure C, NumPy C API).
 

@@ -1,6 +1,6 @@
 // The Python module tpt_ops._C: importing it runs the op registrations of
 // every csrc/torch/<family>.cpp linked into it. It has no Python methods, so
-// a minimal CPython C-API init (limited API, no pybind11) is all it needs.
+// a minimal CPython C-API init (limited API, no C++ binding library) is all it needs.
 #include <Python.h>
 
 static struct PyModuleDef tpt_module = {PyModuleDef_HEAD_INIT, "_C",
