@@ -61,3 +61,20 @@ def assert_rejected(call, msg: str, check_fake: bool = True) -> None:
     if check_fake:
         with pytest.raises(Exception, match=msg):
             torch.compile(call, fullgraph=True, dynamic=False)()
+
+
+def assert_compile_matches_eager(fn, inputs) -> None:
+    """torch.compile(fn, fullgraph=True) gives fn's outputs and input gradients.
+
+    Meant for non-contiguous inputs: the compiled graph trusts the fake
+    kernels' output strides, so they must match the kernels' (contiguous)
+    outputs, or the graph fails or reads the results wrongly.
+    """
+    compiled = torch.compile(fn, fullgraph=True, dynamic=False)
+    with torch.no_grad():  # an inference graph, where inductor checks the custom ops' output strides
+        torch.testing.assert_close(compiled(*inputs), fn(*inputs))
+    expected, expected_grads = grads(fn, inputs)
+    actual, actual_grads = grads(compiled, inputs)
+    torch.testing.assert_close(actual, expected)
+    for a, e in zip(actual_grads, expected_grads, strict=True):
+        torch.testing.assert_close(a, e)

@@ -4,7 +4,7 @@ import torch
 
 import tpt_ops
 from tpt_ops import reference
-from helpers import DTYPES, assert_close, assert_rejected, grads, num_threads
+from helpers import DTYPES, assert_close, assert_rejected, grads, num_threads, assert_compile_matches_eager
 
 SHAPES = [  # (shape, n_phases)
     ((12,), 3),
@@ -238,3 +238,13 @@ def test_numpy_bad_input():
         tpt_ops.numpy.add_rotate_norm_forward(h, h, torch.randn(3).numpy(), torch.randn(12).numpy(), 3)
     with pytest.raises(TypeError, match=r"argument 'h' must be float32 or float64"):
         tpt_ops.numpy.add_norm_forward(h.astype("int32"), h, torch.randn(12).numpy(), 3)
+
+
+def test_compile_non_contiguous():
+    h = torch.randn(48, 10).t().requires_grad_()
+    a = torch.randn(48, 10).t().requires_grad_()
+    theta = torch.rand(8, requires_grad=True)
+    w = torch.randn(48, requires_grad=True)
+    assert_compile_matches_eager(lambda h, a, th, w: tuple(t * 2 + 1 for t in tpt_ops.add_rotate_norm(h, a, th, w, 3)),
+                                 (h, a, theta, w))
+    assert_compile_matches_eager(lambda h, a, w: tuple(t * 2 + 1 for t in tpt_ops.add_norm(h, a, w, 3)), (h, a, w))

@@ -5,7 +5,7 @@ import torch
 
 import tpt_ops
 from tpt_ops import reference
-from helpers import DTYPES, assert_close, assert_rejected, grads, num_threads
+from helpers import DTYPES, assert_close, assert_rejected, grads, num_threads, assert_compile_matches_eager
 
 SHAPES = [  # (x shape [..., T, D], n_phases)
     ((5, 12), 3),
@@ -211,3 +211,9 @@ BAD = [  # (call, kwargs, message, caught by the fake kernel too)
 @pytest.mark.parametrize("call,kwargs,msg,fake", BAD)
 def test_bad_input(call, kwargs, msg, fake):
     assert_rejected(lambda: call(**kwargs), msg, check_fake=fake)
+
+
+def test_compile_non_contiguous():
+    x = torch.randn(48, 7, 2).permute(2, 1, 0).requires_grad_()  # [2, 7, 48]
+    assert not x.is_contiguous()
+    assert_compile_matches_eager(lambda x: tpt_ops.horn_inject(x, 3, 5) * 2 + 1, (x,))

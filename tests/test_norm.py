@@ -5,7 +5,7 @@ import torch
 
 import tpt_ops
 from tpt_ops import reference
-from helpers import DTYPES, assert_close, assert_rejected, grads, num_threads
+from helpers import DTYPES, assert_close, assert_rejected, grads, num_threads, assert_compile_matches_eager
 
 op = torch.ops.tpt.phase_rmsnorm.default
 
@@ -172,3 +172,10 @@ def test_numpy_bad_input():
     y, rstd = tpt_ops.numpy.phase_rmsnorm_forward(x, np.ones(12, np.float32), 3)
     with pytest.raises(ValueError, match=r"argument 'dy' must have the shape of 'x'"):
         tpt_ops.numpy.phase_rmsnorm_backward(y[:2], x, np.ones(12, np.float32), rstd, 3)
+
+
+def test_compile_non_contiguous():
+    x = torch.randn(48, 10).t().requires_grad_()  # [10, 48], transposed strides
+    w = torch.randn(48, requires_grad=True)
+    assert not x.is_contiguous()
+    assert_compile_matches_eager(lambda x, w: tpt_ops.phase_rmsnorm(x, w, 3) * 2 + 1, (x, w))

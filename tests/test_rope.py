@@ -7,7 +7,7 @@ import tpt_ops
 from tpt_ops import reference
 from tpt_ops.nn import RotaryEmbedding
 from tpt_ops.nn.attention import apply_rotary_reference
-from helpers import DTYPES, assert_close, assert_rejected, grads, num_threads
+from helpers import DTYPES, assert_close, assert_rejected, grads, num_threads, assert_compile_matches_eager
 
 op = torch.ops.tpt.qkv_rope.default
 op_backward = torch.ops.tpt.qkv_rope_backward.default
@@ -310,3 +310,11 @@ def test_numpy_bad_input():
         bwd(dq, dkv, dkv[:, :, :4], cos, sin_signed, 2, 1)
     with pytest.raises(ValueError, match=r"argument 'cos' must have shape"):
         bwd(dq, dkv, dkv, cos[:4], sin_signed, 2, 1)
+
+
+def test_compile_non_contiguous():
+    B, T, H, Hkv, hd = 2, 5, 4, 2, 8
+    qkv = torch.randn((H + 2 * Hkv) * hd, T, B).permute(2, 1, 0).requires_grad_()  # [B, T, W]
+    cos, sin_signed = torch.rand(T, hd), torch.rand(T, hd)
+    assert_compile_matches_eager(
+        lambda x: tuple(t * 2 + 1 for t in tpt_ops.qkv_rope(x, cos, sin_signed, H, Hkv)), (qkv,))

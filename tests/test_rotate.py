@@ -6,7 +6,7 @@ import torch
 
 import tpt_ops
 from tpt_ops import reference
-from helpers import DTYPES, assert_close, assert_rejected, grads, num_threads
+from helpers import DTYPES, assert_close, assert_rejected, grads, num_threads, assert_compile_matches_eager
 
 op = torch.ops.tpt.phase_rotate.default
 op_backward = torch.ops.tpt.phase_rotate_backward.default
@@ -221,3 +221,9 @@ def test_numpy_bad_input():
         tpt_ops.numpy.phase_rotate_forward(x, np.zeros(3, np.float32), 3)
     with pytest.raises(TypeError, match=r"tpt_ops.numpy.phase_rotate_forward: argument 'x' must be float32 or float64"):
         tpt_ops.numpy.phase_rotate_forward(x.astype(np.int16), np.zeros(2, np.float32), 3)
+
+
+def test_compile_non_contiguous():
+    x = torch.randn(48, 10).t().requires_grad_()
+    theta = torch.rand(8, requires_grad=True)
+    assert_compile_matches_eager(lambda x, th: tpt_ops.phase_rotate(x, th, 3) * 2 + 1, (x, theta))

@@ -5,7 +5,7 @@ import torch
 
 import tpt_ops
 from tpt_ops import reference
-from helpers import DTYPES, assert_close, assert_rejected, grads, num_threads
+from helpers import DTYPES, assert_close, assert_rejected, grads, num_threads, assert_compile_matches_eager
 
 op = torch.ops.tpt.swiglu.default
 
@@ -163,3 +163,8 @@ def test_numpy_bad_input():
         tpt_ops.numpy.swiglu_backward(np.zeros((4, 6), np.int32), x)
     with pytest.raises(ValueError, match=r"argument 'dh' must have the shape of 'gate_up' with its last dim halved"):
         tpt_ops.numpy.swiglu_backward(np.zeros((4, 12), np.float32), x)
+
+
+def test_compile_non_contiguous():
+    gate_up = torch.randn(32, 10).t().requires_grad_()  # [10, 32]
+    assert_compile_matches_eager(lambda x: tpt_ops.swiglu(x) * 2 + 1, (gate_up,))

@@ -2,7 +2,9 @@
 
 The C++ glue checks real tensors; these run when an op is traced with fake
 tensors (torch.compile, opcheck), so a bad call fails at trace time with the
-same message instead of producing a graph that crashes later.
+same message instead of producing a graph that crashes later. The fake
+kernels return contiguous outputs (``new_empty``, not ``empty_like``), as the
+glue does: it makes its inputs contiguous before allocating outputs like them.
 """
 from __future__ import annotations
 

@@ -29,7 +29,7 @@ def _check(op: str, h: Tensor, a: Tensor, weight: Tensor, n_phases: int, theta: 
 
 def _outputs(h: Tensor, n_phases: int) -> tuple[Tensor, Tensor, Tensor]:
     rstd = h.new_empty((*h.shape[:-1], n_phases), dtype=compute_dtype(h.dtype))
-    return torch.empty_like(h), torch.empty_like(h), rstd
+    return h.new_empty(h.shape), h.new_empty(h.shape), rstd
 
 
 @torch.library.register_fake("tpt::add_rotate_norm")
@@ -47,13 +47,13 @@ def _add_norm_fake(h, a, weight, n_phases, eps):
 @torch.library.register_fake("tpt::add_rotate_norm_backward")
 def _add_rotate_norm_backward_fake(dh_new, dnormed, h_new, theta, weight, rstd, n_phases):
     _check("add_rotate_norm_backward", h_new, dh_new, weight, n_phases, theta)
-    return torch.empty_like(h_new), torch.empty_like(theta), torch.empty_like(weight)
+    return h_new.new_empty(h_new.shape), theta.new_empty(theta.shape), weight.new_empty(weight.shape)
 
 
 @torch.library.register_fake("tpt::add_norm_backward")
 def _add_norm_backward_fake(dh_new, dnormed, h_new, weight, rstd, n_phases):
     _check("add_norm_backward", h_new, dh_new, weight, n_phases)
-    return torch.empty_like(h_new), torch.empty_like(weight)
+    return h_new.new_empty(h_new.shape), weight.new_empty(weight.shape)
 
 
 def _setup_context(ctx, inputs, output) -> None:

@@ -31,13 +31,13 @@ def _horn_inject_fake(x: Tensor, n_phases: int, offset: int) -> Tensor:
                             f"got {list(x.shape)}")
     check_phases("horn_inject", "x", x, n_phases)
     _check_offset("horn_inject", offset)
-    return torch.empty_like(x)
+    return x.new_empty(x.shape)
 
 
 @torch.library.register_fake("tpt::horn_inject_backward")
 def _horn_inject_backward_fake(dy: Tensor, n_phases: int) -> Tensor:
     check_phases("horn_inject_backward", "dy", dy, n_phases)
-    return torch.empty_like(dy)
+    return dy.new_empty(dy.shape)
 
 
 @torch.library.register_fake("tpt::horn_embedding")

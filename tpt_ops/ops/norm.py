@@ -18,7 +18,7 @@ def _phase_rmsnorm_fake(x: Tensor, weight: Tensor, n_phases: int, eps: float) ->
     D = check_phases(OP, "x", x, n_phases)
     check_param(OP, "weight", weight, D, x)
     rstd = x.new_empty((*x.shape[:-1], n_phases), dtype=compute_dtype(x.dtype))
-    return torch.empty_like(x), rstd
+    return x.new_empty(x.shape), rstd
 
 
 @torch.library.register_fake("tpt::phase_rmsnorm_backward")
@@ -27,7 +27,7 @@ def _phase_rmsnorm_backward_fake(dy: Tensor, x: Tensor, weight: Tensor, rstd: Te
     D = check_phases(OP + "_backward", "x", x, n_phases)
     check_same_shape(OP + "_backward", "dy", dy, x)
     check_param(OP + "_backward", "weight", weight, D, x)
-    return torch.empty_like(x), torch.empty_like(weight)
+    return x.new_empty(x.shape), weight.new_empty(weight.shape)
 
 
 def _setup_context(ctx, inputs, output) -> None:

@@ -18,7 +18,7 @@ def _phase_rotate_fake(x: Tensor, theta: Tensor, n_phases: int) -> Tensor:
     D = check_phases(OP, "x", x, n_phases)
     P = check_pairs(OP, D, n_phases)
     check_param(OP, "theta", theta, P // 2, x)
-    return torch.empty_like(x)
+    return x.new_empty(x.shape)
 
 
 @torch.library.register_fake("tpt::phase_rotate_backward")
@@ -29,7 +29,7 @@ def _phase_rotate_backward_fake(dy: Tensor, y: Tensor, theta: Tensor, n_phases: 
     check_float(op, "dy", dy)
     check_same_shape(op, "dy", dy, y, "y")
     check_param(op, "theta", theta, P // 2, y)
-    return torch.empty_like(y), torch.empty_like(theta)
+    return y.new_empty(y.shape), theta.new_empty(theta.shape)
 
 
 def _setup_context(ctx, inputs, output) -> None:

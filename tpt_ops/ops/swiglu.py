@@ -42,7 +42,7 @@ def _swiglu_backward_fake(dh: Tensor, gate_up: Tensor) -> Tensor:
     if dh.shape != (*gate_up.shape[:-1], F):
         fail(op, f"argument 'dh' has shape {list(dh.shape)}; expected the shape of gate_up "
                  f"{list(gate_up.shape)} with its last dim halved")
-    return gate_up.new_empty(gate_up.shape)  # contiguous, as the kernel's output (empty_like would keep strides)
+    return gate_up.new_empty(gate_up.shape)
 
 
 def _setup_context(ctx, inputs, output) -> None:
