@@ -110,7 +110,10 @@ TPT_HD float tpt_exp_f32(float x) {
     const int32_t half = (int32_t)n / 2;
     const float y = p * tpt_bits_to_float((uint32_t)(half + 127) << 23)
                       * tpt_bits_to_float((uint32_t)((int32_t)n - half + 127) << 23);
-    return x > max_arg ? tpt_bits_to_float(0x7f800000u) : x < min_arg ? 0.0f : x == x ? y : x;
+    /* one select (inf above the range, 0 below, x itself for NaN), so that a
+     * caller's arithmetic on the result is not duplicated per case */
+    const float special = x > max_arg ? tpt_bits_to_float(0x7f800000u) : x < min_arg ? 0.0f : x;
+    return x >= min_arg && x <= max_arg ? y : special;
 }
 
 #ifndef __CUDACC__
