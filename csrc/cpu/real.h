@@ -3,7 +3,7 @@
  * Each family's .c includes its .inc twice, once with TPT_PRECISION 32 (for
  * float32, bfloat16 and float16 storage) and once with TPT_PRECISION 64 (for
  * float64). The .inc includes this header first, which (re)defines `real`,
- * the SFX() name suffix, row helpers and EXP (vectorisable in float32) for
+ * the SFX() name suffix, row helpers and SIGMOID (vectorisable in float32) for
  * that precision. One kernel
  * source, two precisions, no copies. No include guard on purpose. */
 #include "common.h"
@@ -14,21 +14,21 @@
 #undef ROW_IN
 #undef ROW_BUF
 #undef ROW_OUT
-#undef EXP
+#undef SIGMOID
 #if TPT_PRECISION == 32
 #define real float
 #define SFX(name) name##_f32
 #define ROW_IN tpt_row_in_f32
 #define ROW_BUF tpt_row_buf_f32
 #define ROW_OUT tpt_row_out_f32
-#define EXP tpt_exp_f32
+#define SIGMOID tpt_sigmoid_f32
 #elif TPT_PRECISION == 64
 #define real double
 #define SFX(name) name##_f64
 #define ROW_IN tpt_row_in_f64
 #define ROW_BUF tpt_row_buf_f64
 #define ROW_OUT tpt_row_out_f64
-#define EXP exp
+#define SIGMOID(x) (1 / (1 + exp(-(x))))
 #else
 #error "define TPT_PRECISION as 32 or 64 before including real.h"
 #endif
