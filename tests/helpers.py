@@ -23,7 +23,7 @@ def assert_close(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtyp
     torch.testing.assert_close(actual, expected, rtol=rtol, atol=atol)
 
 
-def grads(fn, inputs, grad_out=None, seed: int = 0):
+def grads(fn, inputs, seed: int = 0):
     """Outputs of fn(*inputs) and the gradients of every input that requires grad.
 
     The output gradient is drawn from a fixed seed so two implementations see the same one.

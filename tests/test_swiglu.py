@@ -94,10 +94,47 @@ def test_gradcheck(shape):
 def test_opcheck(dtype):
     x = make((6, 24), dtype)
     torch.library.opcheck(op, (x,))
+    torch.library.opcheck(op, (x, True))
+    torch.library.opcheck(torch.ops.tpt.swiglu_backward_.default, (torch.randn(6, 12).to(dtype), x.detach().clone()))
     torch.library.opcheck(torch.ops.tpt.swiglu_backward.default, (torch.randn(6, 12).to(dtype), x.detach()))
     strided = torch.randn(24, 6).to(dtype).t()  # the fake outputs must be contiguous like the kernel's
     torch.library.opcheck(op, (strided.requires_grad_(),))
     torch.library.opcheck(torch.ops.tpt.swiglu_backward.default, (torch.randn(6, 12).to(dtype), strided.detach()))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_inplace_backward(dtype):
+    """inplace_backward=True: the same gradient bit for bit, written over the
+    activation, and a second backward through the graph is refused."""
+    x = make((5, 3, 64), dtype)
+    dh = torch.randn(5, 3, 32).to(dtype)
+    expected_h = tpt_ops.swiglu(x)
+    (expected_dx,) = torch.autograd.grad(expected_h, x, dh)
+    gate_up = x * 1  # an activation the caller owns, as in nn.SwiGLU
+    h = tpt_ops.swiglu(gate_up, inplace_backward=True)
+    h.backward(dh, retain_graph=True)
+    assert torch.equal(h, expected_h) and torch.equal(x.grad, expected_dx)
+    assert torch.equal(gate_up, expected_dx)  # the activation now holds its gradient
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        h.backward(dh)
+
+
+def test_inplace_backward_falls_back_on_strided_activation():
+    x = make((32, 10), torch.float32)
+    h, (dx,) = grads(lambda x: tpt_ops.swiglu(x.t(), inplace_backward=True), (x,))
+    h_ref, (dx_ref,) = grads(lambda x: reference.swiglu(x.t()), (x,))
+    assert_close(h, h_ref)
+    assert_close(dx, dx_ref)
+
+
+def test_compile_inplace_backward():
+    """Under torch.compile the backward takes the functional op; same results as eager."""
+    x = make((4, 8, 48), torch.float32)
+    fn = torch.compile(lambda x: tpt_ops.swiglu(x * 2, inplace_backward=True) * 2, fullgraph=True)
+    h, (dx,) = grads(fn, (x,))
+    h_ref, (dx_ref,) = grads(lambda x: reference.swiglu(x * 2) * 2, (x,))
+    assert_close(h, h_ref)
+    assert_close(dx, dx_ref)
 
 
 def test_compile_fullgraph():
@@ -170,6 +207,14 @@ BAD_BACKWARD = [
 @pytest.mark.parametrize("dh,x,msg", BAD_BACKWARD)
 def test_bad_input_backward(dh, x, msg):
     assert_rejected(lambda: torch.ops.tpt.swiglu_backward(dh, x), msg)
+    inplace_msg = msg.replace("swiglu_backward:", "swiglu_backward_:")
+    assert_rejected(lambda: torch.ops.tpt.swiglu_backward_(dh, x.clone()), inplace_msg)
+
+
+def test_bad_input_backward_inplace_strided():
+    gate_up = torch.randn(12, 4).t()
+    assert_rejected(lambda: torch.ops.tpt.swiglu_backward_(torch.randn(4, 6), gate_up),
+                    r"tpt.swiglu_backward_: argument 'gate_up' must be contiguous to take its gradient in place")
 
 
 def test_numpy_bad_input():

@@ -73,8 +73,11 @@ def add_norm(h: Tensor, f: Tensor, weight: Tensor, n_phases: int, eps: float = 1
     return h_new, phase_rmsnorm(h_new, weight, n_phases, eps)
 
 
-def swiglu(gate_up: Tensor) -> Tensor:
-    """h = silu(g) * u for g, u the first and second halves of the last dim of gate_up."""
+def swiglu(gate_up: Tensor, inplace_backward: bool = False) -> Tensor:
+    """h = silu(g) * u for g, u the first and second halves of the last dim of gate_up.
+
+    ``inplace_backward`` is accepted for the fused op's signature and has no
+    effect here (autograd's own backward allocates its gradients)."""
     gate, up = gate_up.to(compute_dtype(gate_up.dtype)).chunk(2, dim=-1)
     return (torch.nn.functional.silu(gate) * up).to(gate_up.dtype)
 

@@ -17,7 +17,9 @@ int swiglu_forward_f64(void* h, const void* gate_up, tpt_dtype dt, int64_t row_b
 
 /* d_u = dh * g * s,  d_g = dh * u * s * (1 + g * (1 - s)),  written as one
  * [M, 2F] row d_gate_up = [d_g, d_u] (no concatenation afterwards).
- * dh is [M, F] in dt. Rows [row_begin, row_end). */
+ * dh is [M, F] in dt. d_gate_up may be gate_up itself: the gradient then
+ * overwrites the activation (a backward that owns it saves a [M, 2F] buffer).
+ * Rows [row_begin, row_end). */
 int swiglu_backward_f32(void* d_gate_up, const void* dh, const void* gate_up, tpt_dtype dt, int64_t row_begin,
                         int64_t row_end, int64_t F);
 int swiglu_backward_f64(void* d_gate_up, const void* dh, const void* gate_up, tpt_dtype dt, int64_t row_begin,

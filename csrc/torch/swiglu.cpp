@@ -7,6 +7,7 @@ namespace {
 
 constexpr const char* kForward = "swiglu";
 constexpr const char* kBackward = "swiglu_backward";
+constexpr const char* kBackwardInplace = "swiglu_backward_";
 
 // F, half the last dim of gate_up = [..., 2F] (gate half, then up half).
 int64_t check_gate_up(const Tensor& gate_up, const char* op) {
@@ -17,8 +18,9 @@ int64_t check_gate_up(const Tensor& gate_up, const char* op) {
   return D / 2;
 }
 
-// gate_up [..., 2F] -> h = silu(gate) * up [..., F].
-Tensor swiglu(Tensor gate_up) {
+// gate_up [..., 2F] -> h = silu(gate) * up [..., F]. inplace_backward only
+// steers the autograd formula (tpt_ops/ops/swiglu.py), not the forward.
+Tensor swiglu(Tensor gate_up, bool /*inplace_backward*/) {
   const tpt_dtype dt = storage_dtype(gate_up, kForward, "gate_up");
   check_cpu(gate_up, kForward, "gate_up");
   const int64_t F = check_gate_up(gate_up, kForward);
@@ -34,40 +36,65 @@ Tensor swiglu(Tensor gate_up) {
   return h;
 }
 
-// d_gate_up = [d_gate, d_up] from dh [..., F] and the saved gate_up, in one [..., 2F] tensor.
-Tensor swiglu_backward(Tensor dh, Tensor gate_up) {
-  const tpt_dtype dt = storage_dtype(gate_up, kBackward, "gate_up");
-  storage_dtype(dh, kBackward, "dh");
-  check_cpu(gate_up, kBackward, "gate_up");
-  check_same_device(dh, gate_up, kBackward, "dh");
-  const int64_t F = check_gate_up(gate_up, kBackward);
+// Checks the backward's arguments; returns F and the storage dtype.
+int64_t check_backward(const Tensor& dh, const Tensor& gate_up, const char* op, tpt_dtype* dt) {
+  *dt = storage_dtype(gate_up, op, "gate_up");
+  storage_dtype(dh, op, "dh");
+  check_cpu(gate_up, op, "gate_up");
+  check_same_device(dh, gate_up, op, "dh");
+  const int64_t F = check_gate_up(gate_up, op);
   std::vector<int64_t> h_shape(gate_up.sizes().begin(), gate_up.sizes().end());
   h_shape.back() = F;
-  TPT_CHECK(dh.sizes().equals(h_shape), kBackward, "argument 'dh' has shape ", shape_str(dh),
+  TPT_CHECK(dh.sizes().equals(h_shape), op, "argument 'dh' has shape ", shape_str(dh),
             "; expected the shape of gate_up ", shape_str(gate_up), " with its last dim halved");
-  gate_up = torch::stable::contiguous(gate_up);
-  dh = torch::stable::contiguous(torch::stable::to(dh, gate_up.scalar_type()));
-  Tensor d_gate_up = torch::stable::empty_like(gate_up);
+  return F;
+}
+
+// Writes [d_gate, d_up] into d_gate_up (contiguous, gate_up's shape), which may be gate_up itself.
+void run_backward(const char* op, tpt_dtype dt, int64_t F, Tensor& d_gate_up, const Tensor& dh,
+                  const Tensor& gate_up) {
+  const Tensor dh_c = torch::stable::contiguous(torch::stable::to(dh, gate_up.scalar_type()));
   const int64_t M = F ? gate_up.numel() / (2 * F) : 0;
-  parallel_rows(kBackward, M, row_grain(2 * F), [&](int64_t begin, int64_t end) {
+  parallel_rows(op, M, row_grain(2 * F), [&](int64_t begin, int64_t end) {
     return dt == TPT_FLOAT64
-        ? swiglu_backward_f64(d_gate_up.mutable_data_ptr(), dh.const_data_ptr(), gate_up.const_data_ptr(), dt,
+        ? swiglu_backward_f64(d_gate_up.mutable_data_ptr(), dh_c.const_data_ptr(), gate_up.const_data_ptr(), dt,
                               begin, end, F)
-        : swiglu_backward_f32(d_gate_up.mutable_data_ptr(), dh.const_data_ptr(), gate_up.const_data_ptr(), dt,
+        : swiglu_backward_f32(d_gate_up.mutable_data_ptr(), dh_c.const_data_ptr(), gate_up.const_data_ptr(), dt,
                               begin, end, F);
   });
+}
+
+// d_gate_up = [d_gate, d_up] from dh [..., F] and the saved gate_up, in one [..., 2F] tensor.
+Tensor swiglu_backward(Tensor dh, Tensor gate_up) {
+  tpt_dtype dt;
+  const int64_t F = check_backward(dh, gate_up, kBackward, &dt);
+  gate_up = torch::stable::contiguous(gate_up);
+  Tensor d_gate_up = torch::stable::empty_like(gate_up);
+  run_backward(kBackward, dt, F, d_gate_up, dh, gate_up);
   return d_gate_up;
+}
+
+// The same gradient written over gate_up, for a backward that owns the
+// activation (it is dead after this): no [..., 2F] allocation.
+void swiglu_backward_(Tensor dh, Tensor gate_up) {
+  tpt_dtype dt;
+  const int64_t F = check_backward(dh, gate_up, kBackwardInplace, &dt);
+  TPT_CHECK(gate_up.is_contiguous(), kBackwardInplace,
+            "argument 'gate_up' must be contiguous to take its gradient in place");
+  run_backward(kBackwardInplace, dt, F, gate_up, dh, gate_up);
 }
 
 }  // namespace
 }  // namespace tpt
 
 STABLE_TORCH_LIBRARY_FRAGMENT(tpt, m) {
-  m.def("swiglu(Tensor gate_up) -> Tensor");
+  m.def("swiglu(Tensor gate_up, bool inplace_backward=False) -> Tensor");
   m.def("swiglu_backward(Tensor dh, Tensor gate_up) -> Tensor");
+  m.def("swiglu_backward_(Tensor dh, Tensor(a!) gate_up) -> ()");
 }
 
 STABLE_TORCH_LIBRARY_IMPL(tpt, CPU, m) {
   m.impl("swiglu", TORCH_BOX(&tpt::swiglu));
   m.impl("swiglu_backward", TORCH_BOX(&tpt::swiglu_backward));
+  m.impl("swiglu_backward_", TORCH_BOX(&tpt::swiglu_backward_));
 }

@@ -14,7 +14,10 @@ class SwiGLU(nn.Module):
     ``gate`` and ``up`` are one fused matmul: ``gate_up.weight`` is the
     row-wise concatenation ``[W_gate; W_up]`` (``[2*d_ff, d_model]``), and
     ``backend="fused"`` applies ``silu(gate) * up`` to its output with the
-    fused ``swiglu`` kernel (one pass forward, one backward, no chunk/cat);
+    fused ``swiglu`` kernel (one pass forward, one backward, no chunk/cat;
+    the backward writes its gradient over the gate/up activation, which
+    nothing else reads: a forward hook on ``gate_up`` that keeps its output
+    sees it overwritten after the backward);
     ``backend="reference"`` runs them as two matmuls, as the paper's code does.
     """
 
@@ -36,7 +39,8 @@ class SwiGLU(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         if self.backend == "fused":
-            return self.down(ops_for(self.backend).swiglu(self.gate_up(x)))
+            # gate_up's output is private to this forward: its backward may overwrite it
+            return self.down(ops_for(self.backend).swiglu(self.gate_up(x), inplace_backward=True))
         w_gate, w_up = self.gate_up.weight.chunk(2, dim=0)
         return self.down(F.silu(F.linear(x, w_gate)) * F.linear(x, w_up))
 
