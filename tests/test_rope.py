@@ -120,6 +120,28 @@ def test_non_contiguous():
     assert_close(op_backward(dq, dk, dv, cos, sin_signed, H, Hkv), expected)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_backward_reads_strided_gradients_as_they_are(dtype):
+    """Gradients in [B, T, heads, hd] memory (as SDPA's backward returns them),
+    with a head-row stride, or with a strided last dim give the bits of their
+    contiguous copies."""
+    B, T, H, Hkv, hd = 2, 7, 4, 2, 16
+    cos, sin_signed = tables(T, hd, torch.float32)
+    gen = torch.Generator().manual_seed(5)
+
+    def grad(n, layout):
+        if layout == "bthd":
+            return torch.randn(B, T, n, hd, generator=gen).to(dtype).transpose(1, 2)
+        if layout == "padded_rows":
+            return torch.randn(B, n, T, 2 * hd, generator=gen).to(dtype)[..., :hd]
+        return torch.randn(B, n, T, 2 * hd, generator=gen).to(dtype)[..., ::2]  # last dim strided
+    for layout in ("bthd", "padded_rows", "strided_last"):
+        dq, dk, dv = grad(H, layout), grad(Hkv, layout), grad(Hkv, layout)
+        assert not dq.is_contiguous()
+        expected = op_backward(dq.contiguous(), dk.contiguous(), dv.contiguous(), cos, sin_signed, H, Hkv)
+        assert torch.equal(op_backward(dq, dk, dv, cos, sin_signed, H, Hkv), expected)
+
+
 def test_unused_outputs_get_zero_gradients():
     """Output gradients that are None (an unused q, k or v) count as zeros."""
     x = make(2, 5, 6, 3, 16, torch.float64)

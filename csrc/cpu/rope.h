@@ -27,16 +27,27 @@ int qkv_rope_forward_f64(void* q, void* k, void* v, const void* qkv, const doubl
                          tpt_dtype dt, int64_t row_begin, int64_t row_end, int64_t T, int64_t H, int64_t Hkv,
                          int64_t hd);
 
+/* Element strides of a [B, heads, T, hd] gradient over its first three dims;
+ * each head row of hd is contiguous. Attention backwards return dq, dk, dv in
+ * their own layouts (often [B, T, heads, hd] in memory): read as they are,
+ * they need no copy. */
+typedef struct {
+    int64_t b, h, t;
+} tpt_head_strides;
+
 /* The transpose of the rotation (it is orthogonal) on the output gradient d
  * of a q or k head:
  *   dx[j]      = d[j]      * cos[t, j]      + d[j + h2] * sin_signed[t, j + h2]
  *   dx[j + h2] = d[j + h2] * cos[t, j + h2] + d[j]      * sin_signed[t, j]        (j < h2)
  * dv is copied back; all written straight into dqkv [B, T, (H + 2*Hkv)*hd].
- * dq, dk, dv are in dt with the shapes of q, k, v. Rows [row_begin, row_end). */
-int qkv_rope_backward_f32(void* dqkv, const void* dq, const void* dk, const void* dv, const float* cos,
+ * dq, dk, dv are in dt with the shapes of q, k, v and the given strides.
+ * Rows [row_begin, row_end). */
+int qkv_rope_backward_f32(void* dqkv, const void* dq, tpt_head_strides dq_strides, const void* dk,
+                          tpt_head_strides dk_strides, const void* dv, tpt_head_strides dv_strides, const float* cos,
                           const float* sin_signed, tpt_dtype dt, int64_t row_begin, int64_t row_end, int64_t T,
                           int64_t H, int64_t Hkv, int64_t hd);
-int qkv_rope_backward_f64(void* dqkv, const void* dq, const void* dk, const void* dv, const double* cos,
+int qkv_rope_backward_f64(void* dqkv, const void* dq, tpt_head_strides dq_strides, const void* dk,
+                          tpt_head_strides dk_strides, const void* dv, tpt_head_strides dv_strides, const double* cos,
                           const double* sin_signed, tpt_dtype dt, int64_t row_begin, int64_t row_end, int64_t T,
                           int64_t H, int64_t Hkv, int64_t hd);
 

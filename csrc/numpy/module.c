@@ -657,6 +657,13 @@ done:
     return result;
 }
 
+/* Element strides of a (B, heads, T, hd) array (C-contiguous: float_array makes it so). */
+static tpt_head_strides head_strides(PyArrayObject* a) {
+    const npy_intp item = PyArray_ITEMSIZE(a);
+    tpt_head_strides st = {PyArray_STRIDE(a, 0) / item, PyArray_STRIDE(a, 1) / item, PyArray_STRIDE(a, 2) / item};
+    return st;
+}
+
 static PyObject* np_qkv_rope_backward(PyObject* self, PyObject* args, PyObject* kw) {
     static char* names[] = {"dq", "dk", "dv", "cos", "sin_signed", "n_q_heads", "n_kv_heads", NULL};
     const char* fn = "qkv_rope_backward";
@@ -695,10 +702,12 @@ static PyObject* np_qkv_rope_backward(PyObject* self, PyObject* args, PyObject* 
     int status;
     Py_BEGIN_ALLOW_THREADS
     status = type == NPY_DOUBLE
-        ? qkv_rope_backward_f64(PyArray_DATA(dqkv), PyArray_DATA(dq), PyArray_DATA(dk), PyArray_DATA(dv),
-                                PyArray_DATA(cos), PyArray_DATA(sin), TPT_FLOAT64, 0, M, T, H, Hkv, hd)
-        : qkv_rope_backward_f32(PyArray_DATA(dqkv), PyArray_DATA(dq), PyArray_DATA(dk), PyArray_DATA(dv),
-                                PyArray_DATA(cos), PyArray_DATA(sin), TPT_FLOAT32, 0, M, T, H, Hkv, hd);
+        ? qkv_rope_backward_f64(PyArray_DATA(dqkv), PyArray_DATA(dq), head_strides(dq), PyArray_DATA(dk),
+                                head_strides(dk), PyArray_DATA(dv), head_strides(dv), PyArray_DATA(cos),
+                                PyArray_DATA(sin), TPT_FLOAT64, 0, M, T, H, Hkv, hd)
+        : qkv_rope_backward_f32(PyArray_DATA(dqkv), PyArray_DATA(dq), head_strides(dq), PyArray_DATA(dk),
+                                head_strides(dk), PyArray_DATA(dv), head_strides(dv), PyArray_DATA(cos),
+                                PyArray_DATA(sin), TPT_FLOAT32, 0, M, T, H, Hkv, hd);
     Py_END_ALLOW_THREADS
     if (kernel_status(status, fn)) result = Py_BuildValue("O", dqkv);
 done:

@@ -60,6 +60,16 @@ std::tuple<Tensor, Tensor, Tensor> qkv_rope(Tensor qkv, Tensor cos, Tensor sin_s
   return {q, k, v};
 }
 
+// A [B, heads, T, hd] gradient in dtype st whose head rows are contiguous: as
+// it is when it already is (SDPA's backward returns its gradients in
+// [B, T, heads, hd] memory), else a contiguous copy.
+Tensor rows_contiguous(const Tensor& grad, ScalarType st) {
+  const Tensor g = torch::stable::to(grad, st);
+  return g.stride(3) == 1 || g.size(3) <= 1 ? g : torch::stable::contiguous(g);
+}
+
+tpt_head_strides head_strides(const Tensor& grad) { return {grad.stride(0), grad.stride(1), grad.stride(2)}; }
+
 // dqkv [B, T, (H + 2*Hkv)*hd] from the output gradients (in dq's dtype); none flows to the tables.
 Tensor qkv_rope_backward(Tensor dq, Tensor dk, Tensor dv, Tensor cos, Tensor sin_signed, int64_t n_q_heads,
                          int64_t n_kv_heads) {
@@ -82,19 +92,20 @@ Tensor qkv_rope_backward(Tensor dq, Tensor dk, Tensor dv, Tensor cos, Tensor sin
   const ScalarType ct = compute_type(dt);
   cos = rope_table(cos, T, hd, ct, dq, kBackward, "cos");
   sin_signed = rope_table(sin_signed, T, hd, ct, dq, kBackward, "sin_signed");
-  dq = torch::stable::contiguous(dq);
-  dk = torch::stable::contiguous(torch::stable::to(dk, dq.scalar_type()));
-  dv = torch::stable::contiguous(torch::stable::to(dv, dq.scalar_type()));
+  dq = rows_contiguous(dq, dq.scalar_type());
+  dk = rows_contiguous(dk, dq.scalar_type());
+  dv = rows_contiguous(dv, dq.scalar_type());
   const int64_t D = (n_q_heads + 2 * n_kv_heads) * hd;
   Tensor dqkv = torch::stable::new_empty(dq, {B, T, D});
   const int64_t M = hd ? B * T : 0;
   parallel_rows(kBackward, M, row_grain(D), [&](int64_t begin, int64_t end) {
     return dt == TPT_FLOAT64
-        ? qkv_rope_backward_f64(dqkv.mutable_data_ptr(), dq.const_data_ptr(), dk.const_data_ptr(),
-                                dv.const_data_ptr(), cos.const_data_ptr<double>(),
+        ? qkv_rope_backward_f64(dqkv.mutable_data_ptr(), dq.const_data_ptr(), head_strides(dq), dk.const_data_ptr(),
+                                head_strides(dk), dv.const_data_ptr(), head_strides(dv), cos.const_data_ptr<double>(),
                                 sin_signed.const_data_ptr<double>(), dt, begin, end, T, n_q_heads, n_kv_heads, hd)
-        : qkv_rope_backward_f32(dqkv.mutable_data_ptr(), dq.const_data_ptr(), dk.const_data_ptr(),
-                                dv.const_data_ptr(), cos.const_data_ptr<float>(), sin_signed.const_data_ptr<float>(),
+        : qkv_rope_backward_f32(dqkv.mutable_data_ptr(), dq.const_data_ptr(), head_strides(dq), dk.const_data_ptr(),
+                                head_strides(dk), dv.const_data_ptr(), head_strides(dv), cos.const_data_ptr<float>(),
+                                sin_signed.const_data_ptr<float>(),
                                 dt, begin, end, T, n_q_heads, n_kv_heads, hd);
   });
   return dqkv;
