@@ -30,7 +30,7 @@ def sources(pattern):
 # (csrc/cpu/common.h) so each CPU runs its best ISA. -ffp-contract=fast lets
 # the clones use FMA; sums are kept in fixed lanes so no reassociation is needed.
 # -fno-trapping-math (no kernel reads floating-point exception flags) lets
-# loops with selects, such as tpt_exp_f32's range checks, become blends and
+# loops with selects, such as tpt_sigmoid_f32's range checks, become blends and
 # vectorise; it changes no value.
 C_FLAGS = ["-std=c11", "-O3", "-fPIC", "-ffp-contract=fast", "-fno-math-errno", "-fno-trapping-math", "-Wall",
            "-Wextra"]

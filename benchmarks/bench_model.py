@@ -12,7 +12,7 @@ optimizer is the trainer's (``tpt_ops.train.make_optimizer``: AdamW,
 
 Run:  python -m pytest benchmarks/bench_model.py -q -s
       (or: python benchmarks/bench_model.py)
-Not part of the test suite; it takes about three minutes.
+Not part of the test suite; it takes about six minutes.
 """
 from __future__ import annotations
 

@@ -101,7 +101,8 @@ TPT_HD uint16_t tpt_float_to_f16(float f) {
  * the exact sigmoid is under FLT_MIN, it returns 0. NaN for NaN. */
 TPT_HD float tpt_sigmoid_f32(float x) {
     const float neg_abs = -fabsf(x);
-    const float t = neg_abs > -87.0f ? neg_abs : -87.0f; /* NaN -> -87 here; restored at the end */
+    const int in_range = neg_abs >= -87.0f;            /* false for NaN too: restored at the end */
+    const float t = in_range ? neg_abs : -87.0f;
     const float round_magic = 12582912.0f;              /* 1.5 * 2^23: adding it rounds to an integer */
     const float n = (t * 1.44269504f + round_magic) - round_magic;
     const float r = (t - n * 0.693359375f) + n * 2.12194440e-4f;
@@ -112,7 +113,7 @@ TPT_HD float tpt_sigmoid_f32(float x) {
     p = p * r + 1.6666665459e-1f;
     p = p * r + 5.0000001201e-1f;
     p = p * r * r + r + 1.0f;
-    const float e = neg_abs >= -87.0f ? p * tpt_bits_to_float((uint32_t)((int32_t)n + 127) << 23) : 0.0f;
+    const float e = in_range ? p * tpt_bits_to_float((uint32_t)((int32_t)n + 127) << 23) : 0.0f;
     const float s = (x >= 0.0f ? 1.0f : e) / (1.0f + e);
     return x == x ? s : x;
 }

@@ -35,6 +35,11 @@ typedef struct {
     int64_t b, h, t;
 } tpt_head_strides;
 
+/* Byte offset of head row (b, h, t) in a gradient with strides st. */
+static inline int64_t tpt_head_offset(tpt_head_strides st, int64_t b, int64_t h, int64_t t, int64_t esize) {
+    return (b * st.b + h * st.h + t * st.t) * esize;
+}
+
 /* The transpose of the rotation (it is orthogonal) on the output gradient d
  * of a q or k head:
  *   dx[j]      = d[j]      * cos[t, j]      + d[j + h2] * sin_signed[t, j + h2]

@@ -105,8 +105,7 @@ Tensor qkv_rope_backward(Tensor dq, Tensor dk, Tensor dv, Tensor cos, Tensor sin
                                 sin_signed.const_data_ptr<double>(), dt, begin, end, T, n_q_heads, n_kv_heads, hd)
         : qkv_rope_backward_f32(dqkv.mutable_data_ptr(), dq.const_data_ptr(), head_strides(dq), dk.const_data_ptr(),
                                 head_strides(dk), dv.const_data_ptr(), head_strides(dv), cos.const_data_ptr<float>(),
-                                sin_signed.const_data_ptr<float>(),
-                                dt, begin, end, T, n_q_heads, n_kv_heads, hd);
+                                sin_signed.const_data_ptr<float>(), dt, begin, end, T, n_q_heads, n_kv_heads, hd);
   });
   return dqkv;
 }

@@ -80,17 +80,11 @@ def _setup_context(ctx, inputs, output) -> None:
     _, cos, sin_signed, n_q_heads, n_kv_heads = inputs
     ctx.save_for_backward(cos, sin_signed)
     ctx.heads = (n_q_heads, n_kv_heads)
-    q, k, _ = output
-    ctx.shapes = (q.shape, k.shape)  # for the zeros standing in for an unused output's gradient
 
 
-def _backward(ctx, dq: Tensor | None, dk: Tensor | None, dv: Tensor | None):
+def _backward(ctx, dq: Tensor, dk: Tensor, dv: Tensor):
+    # autograd passes zeros for an unused output's gradient (materialize_grads)
     cos, sin_signed = ctx.saved_tensors
-    given = next(g for g in (dq, dk, dv) if g is not None)
-    q_shape, kv_shape = ctx.shapes
-    dq = given.new_zeros(q_shape) if dq is None else dq
-    dk = given.new_zeros(kv_shape) if dk is None else dk
-    dv = given.new_zeros(kv_shape) if dv is None else dv
     dqkv = torch.ops.tpt.qkv_rope_backward(dq, dk, dv, cos, sin_signed, *ctx.heads)
     return dqkv, None, None, None, None
 
