@@ -76,12 +76,13 @@ def main(argv: list[str] | None = None) -> dict:
     out = Path(args.out)
     common = ["--steps", str(args.steps), *train_args]
     print(f"training a small 3PT on the fused C kernels for {args.steps} steps -> {out}/")
-    fused = train.main([*common, "--out", str(out / "fused"), "--backend", "fused"])
+    fused = train.run_cli([*common, "--out", str(out / "fused"), "--backend", "fused"])
     # Throughput: the same short run on each backend, back to back, so both see the same machine load.
     print(f"\ntiming {args.timing_steps} steps of the same model on each backend")
-    timed = {backend: train.main([*common, "--steps", str(args.timing_steps), "--out", str(out / f"timing-{backend}"),
-                                  "--backend", backend, "--eval-every", str(10**9), "--eval-batches", "1",
-                                  "--sample-tokens", "0", "--quiet"])
+    timed = {backend: train.run_cli([*common, "--steps", str(args.timing_steps),
+                                     "--out", str(out / f"timing-{backend}"), "--backend", backend,
+                                     "--eval-every", str(10**9), "--eval-batches", "1", "--sample-tokens", "0",
+                                     "--quiet"])
              for backend in ("fused", "reference")}
     fused_tps, ref_tps = timed["fused"]["tokens_per_s"], timed["reference"]["tokens_per_s"]
 

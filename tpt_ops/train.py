@@ -3,7 +3,7 @@
     python -m tpt_ops.train --steps 1500 --out runs/tpt         # embedded corpus
     python -m tpt_ops.train --baseline --out runs/base           # matched RoPE-only baseline
     python -m tpt_ops.train --data my_text_dir --bf16 --out runs/mine
-    python -m tpt_ops.train --resume --steps 3000 --out runs/tpt  # continue a run
+    python -m tpt_ops.train --resume --out runs/tpt              # continue an interrupted run
     torchrun --nproc_per_node=2 -m tpt_ops.train --out runs/ddp  # DDP (gloo on CPU, NCCL on GPU)
 
 The embedded corpus needs no download: the Python standard library's own
@@ -14,13 +14,22 @@ What a run does: AdamW with linear warmup and cosine decay, gradient
 clipping, gradient accumulation, optional bf16 autocast; every
 ``--eval-every`` steps a validation pass (bpb) and a checkpoint. It writes
 into ``--out``: ``metrics.jsonl`` (one row per step; eval rows carry
-``val_bpb``), ``ckpt.pt``, ``loss.png`` and ``sample.txt``.
+``val_bpb``), ``ckpt.pt``, ``loss.png`` and ``sample.txt``. On a terminal
+it shows a progress bar; otherwise (a log file) a plain line every
+``steps // 20`` steps.
 
 Exact resume: the training batch of a step is a pure function of
 ``(seed, step, micro-batch)`` and the learning rate a pure function of the
 step, so a run continued from a checkpoint (``--resume``) computes exactly
 the losses of a run that never stopped (``--stop-after K`` stops one on
-purpose, after writing a checkpoint).
+purpose, after writing a checkpoint). So a resumed run must be the same
+run: it may change only how it runs and reports (--backend, --threads,
+--out, --eval-every, --sample-tokens, --quiet, --stop-after); any other
+flag (the data, model, batches, schedule, numerics, --device, --steps: a
+larger --steps would change the cosine schedule of the steps already
+trained), the number of processes, or the corpus bytes differing from the
+checkpoint's run is refused. Resuming at or past the step a run stops at
+trains nothing and says so.
 
 Data parallel: under ``torchrun`` every step draws one global batch of
 ``batch_size * world_size`` windows and rank r trains on its r-th share
@@ -110,13 +119,29 @@ def windows(data: Tensor, starts: Tensor, seq_len: int) -> tuple[Tensor, Tensor]
     return rows[:, :-1], rows[:, 1:]
 
 
+# torch's CPU generator (mt19937) keeps only the low 32 bits of a seed.
+GENERATOR_SEEDS = 2**32
+
+
+def batch_seed(seed: int, step: int, micro: int, grad_accum: int) -> int:
+    """The generator seed of micro-batch ``micro`` of ``step``: a different one for every micro-batch of a run.
+
+    It is the run's micro-batch counter ``step * grad_accum + micro`` offset
+    by a hash of ``seed``, modulo ``GENERATOR_SEEDS``: one-to-one in
+    ``(step, micro)`` for the first 2**32 micro-batches of a run (check_args
+    caps ``steps * grad_accum`` there). Runs with different seeds start at
+    unrelated offsets.
+    """
+    return (zlib.crc32(str(seed).encode()) + step * grad_accum + micro) % GENERATOR_SEEDS
+
+
 def train_batch(data: Tensor, args, step: int, micro: int, rank: int, world: int) -> tuple[Tensor, Tensor]:
     """This rank's share of the global batch of ``(step, micro)``: a pure function of the seed and both.
 
     The global batch (``batch_size * world`` random windows) is the same for
     any world size; rank r takes rows r, r+world, ... of it.
     """
-    gen = torch.Generator().manual_seed((args.seed * 1_000_003 + step) * 64 + micro)
+    gen = torch.Generator().manual_seed(batch_seed(args.seed, step, micro, args.grad_accum))
     starts = torch.randint(0, len(data) - args.seq_len - 1, (args.batch_size * world,), generator=gen)
     return windows(data, starts[rank::world], args.seq_len)
 
@@ -147,12 +172,23 @@ def autocast(args):
     return torch.autocast(args.device.split(":")[0], dtype=torch.bfloat16) if args.bf16 else nullcontext()
 
 
+def eval_starts(n_bytes: int, seq_len: int, n: int) -> Tensor:
+    """``n`` window starts spread evenly over ``0 .. n_bytes - seq_len - 1``, both ends included
+    (start i is ``floor(i * last / (n - 1))``, so neighbours differ by ``floor`` or ``ceil`` of ``last / (n - 1)``).
+
+    Integer arithmetic: float32 (``torch.linspace``) rounds starts past the
+    end for splits above 2**24 bytes.
+    """
+    last = n_bytes - seq_len - 1
+    return torch.arange(n, dtype=torch.int64) * last // max(1, n - 1)
+
+
 @torch.no_grad()
 def evaluate(model: ThreePhaseTransformer, val: Tensor, args, rank: int, world: int) -> float:
     """Validation bits-per-byte over ``eval_batches`` global batches of fixed, evenly spaced windows
     (the same windows for any world size; each rank scores its share)."""
     n = args.eval_batches * args.batch_size * world
-    starts = torch.linspace(0, len(val) - args.seq_len - 1, n).long()[rank::world]
+    starts = eval_starts(len(val), args.seq_len, n)[rank::world]
     was_training = model.training
     model.eval()
     total = torch.zeros(2, dtype=torch.float64, device=args.device)  # summed loss, token count
@@ -178,10 +214,11 @@ def read_metrics(path: Path, up_to_step: int | None = None) -> list[dict]:
     return [r for r in rows if up_to_step is None or r["step"] <= up_to_step]
 
 
-def save_checkpoint(path: Path, model, optimizer, step: int, config: TPTConfig, args) -> None:
-    """Writes atomically (a crash mid-write leaves the previous checkpoint intact)."""
+def save_checkpoint(path: Path, model, optimizer, step: int, config: TPTConfig, args, definition: dict) -> None:
+    """Writes atomically (a crash mid-write leaves the previous checkpoint intact); ``definition`` is the
+    run's ``run_definition``, which a resume must match."""
     payload = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
-               "config": dataclasses.asdict(config), "args": vars(args)}
+               "config": dataclasses.asdict(config), "args": vars(args), "run": definition}
     tmp = path.with_suffix(".tmp")
     torch.save(payload, tmp)
     os.replace(tmp, path)
@@ -204,6 +241,89 @@ def plot_metrics(rows: list[dict], path: Path, title: str) -> None:
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+
+
+# ------------------------------------------------------------------- resume
+
+# The flags that define a run: its data, model, batches, schedule and
+# numerics. A resumed run must give each the checkpoint's value.
+RUN_DEFINING_ARGS = ("data", "max_bytes", "val_fraction", "steps", "d_model", "n_layers", "n_heads", "n_kv_heads",
+                     "n_phases", "d_ff", "seq_len", "batch_size", "grad_accum", "lr", "min_lr_ratio", "warmup",
+                     "weight_decay", "grad_clip", "bf16", "seed", "baseline", "device", "eval_batches")
+# The flags a resumed run may change: how it runs and reports, not what it
+# computes (fused and reference ops share one state_dict; results do not
+# depend on the thread count; evaluation and sampling draw no training
+# randomness; --eval-batches is run-defining because it sets which windows
+# val_bpb averages).
+RESUME_MAY_CHANGE = ("out", "backend", "threads", "eval_every", "sample_tokens", "quiet", "resume", "stop_after")
+# What else defines a run, with the words that name it in an error.
+RUN_DEFINING_OTHER = {"world_size": "the number of processes", "corpus_crc32": "the corpus bytes (CRC-32)"}
+
+
+def flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def run_definition(args, world: int, train: Tensor, val: Tensor) -> dict:
+    """What a resume must match: the run-defining flags (``--data`` as an absolute path, ``--device``
+    as its type), the number of processes and a checksum of both splits' bytes."""
+    definition = {name: getattr(args, name) for name in RUN_DEFINING_ARGS}
+    definition["data"] = str(Path(args.data).resolve()) if args.data else None
+    definition["device"] = args.device.split(":")[0]
+    definition["world_size"] = world
+    definition["corpus_crc32"] = zlib.crc32(val.numpy(), zlib.crc32(train.numpy()))
+    return definition
+
+
+def check_resume(path: Path, saved: dict | None, definition: dict) -> None:
+    """Refuses (``SystemExit``) a resume whose run differs from the checkpoint's, naming each difference."""
+    if saved is None:
+        raise SystemExit(f"tpt_ops.train: --resume: {path} records no run definition (an older trainer wrote "
+                         f"it), so it cannot be resumed exactly; start a new run in another --out")
+    diffs = []
+    for key, value in definition.items():
+        if saved.get(key) != value:
+            name = RUN_DEFINING_OTHER.get(key, flag(key))
+            diffs.append(f"{name}: {value!r} here, {saved.get(key)!r} in the checkpoint")
+            if key == "steps":
+                diffs[-1] += (" (--steps sets the cosine schedule of every step, those already trained "
+                              "included: a run cannot be extended or shortened)")
+    if diffs:
+        allowed = ", ".join(flag(n) for n in RESUME_MAY_CHANGE if n != "resume")
+        raise SystemExit(f"tpt_ops.train: --resume: {path} holds a different run:\n  " + "\n  ".join(diffs)
+                         + f"\na resumed run continues the checkpoint's run exactly, so it may change only "
+                         f"{allowed}; to change anything else, start a new run in another --out")
+
+
+# ----------------------------------------------------------------- progress
+
+class Progress:
+    """The lead rank's step progress on stdout: a tqdm bar on a terminal; otherwise (a log file) one
+    plain line every ``max(1, steps // 20)`` steps and at the last step, never carriage returns."""
+
+    def __init__(self, start: int, end: int, steps: int, enabled: bool) -> None:
+        self.end, self.enabled = end, enabled
+        self.every = max(1, steps // 20)
+        self.bar = (tqdm(total=end, initial=start, unit="step", dynamic_ncols=True, file=sys.stdout)
+                    if enabled and sys.stdout.isatty() else None)
+
+    def step(self, done: int, loss: float, lr: float, tokens_per_s: float) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tokens_per_s:,.0f}")
+        elif self.enabled and (done % self.every == 0 or done == self.end):
+            print(f"step {done:>6}/{self.end}  loss {loss:.4f}  lr {lr:.3g}  {tokens_per_s:,.0f} tokens/s",
+                  flush=True)
+
+    def write(self, line: str) -> None:
+        if self.bar is not None:
+            self.bar.write(line, file=sys.stdout)
+        elif self.enabled:
+            print(line, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 # ---------------------------------------------------------------------- main
@@ -240,7 +360,9 @@ def build_parser() -> argparse.ArgumentParser:
     a("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
     a("--eval-every", type=int, default=250, help="steps between validation passes and checkpoints")
     a("--eval-batches", type=int, default=20, help="global batches per validation pass")
-    a("--resume", action="store_true", help="continue from --out/ckpt.pt if it exists")
+    a("--resume", action="store_true",
+      help="continue from --out/ckpt.pt if it exists; every flag must match the checkpoint's run except "
+           + ", ".join(flag(n) for n in RESUME_MAY_CHANGE if n != "resume") + " (--steps too: no extending)")
     a("--stop-after", type=int, help="stop (with a checkpoint) after this step, as if interrupted")
     a("--sample-tokens", type=int, default=256, help="bytes to sample at the end (capped at --seq-len)")
     a("--quiet", action="store_true", help="no progress bar or log lines")
@@ -257,6 +379,11 @@ def check_args(p: argparse.ArgumentParser, args) -> None:
         p.error("--val-fraction must be in (0, 1)")
     if args.lr <= 0 or args.warmup < 0 or args.grad_clip < 0 or not 0 <= args.min_lr_ratio <= 1:
         p.error("need --lr > 0, --warmup >= 0, --grad-clip >= 0 and 0 <= --min-lr-ratio <= 1")
+    if args.stop_after is not None and args.stop_after < 1:
+        p.error(f"--stop-after must be >= 1, got {args.stop_after}")
+    if args.steps * args.grad_accum > GENERATOR_SEEDS:
+        p.error(f"--steps x --grad-accum must be <= 2**32 (one generator seed per micro-batch), "
+                f"got {args.steps * args.grad_accum}")
     if args.device.startswith("cuda") and args.backend == "fused":
         p.error("--backend fused runs the CPU kernels; use --device cpu, or --backend reference on cuda")
 
@@ -299,11 +426,11 @@ def run(args) -> tuple[dict, ThreePhaseTransformer]:
         model = ThreePhaseTransformer(config).to(args.device)
         optimizer = make_optimizer(model, args)
         ckpt_path, metrics_path = out / "ckpt.pt", out / "metrics.jsonl"
+        definition = run_definition(args, world, train, val)
         start = 0
         if args.resume and ckpt_path.exists():
             ckpt = torch.load(ckpt_path, map_location=args.device, weights_only=False)
-            if ckpt["config"] != dataclasses.asdict(config):
-                raise SystemExit(f"tpt_ops.train: {ckpt_path} holds a different model: {ckpt['config']}")
+            check_resume(ckpt_path, ckpt.get("run"), definition)
             model.load_state_dict(ckpt["model"])
             optimizer.load_state_dict(ckpt["optimizer"])
             start = ckpt["step"]
@@ -323,11 +450,14 @@ def run(args) -> tuple[dict, ThreePhaseTransformer]:
         train_seconds = 0.0
         last = rows[-1] if rows else {}
         val_bpb = next((r["val_bpb"] for r in reversed(rows) if "val_bpb" in r), None)
-        end = args.steps if args.stop_after is None else min(args.steps, args.stop_after)
-        bar = tqdm(range(start, end), initial=start, total=end, disable=not lead or args.quiet,
-                   unit="step", dynamic_ncols=True)
+        stop = args.steps if args.stop_after is None else min(args.steps, args.stop_after)
+        if start >= stop:
+            log(f"nothing to train: {ckpt_path} is at step {start}, and this run stops at step {stop} "
+                f"(--steps {args.steps}, --stop-after {args.stop_after})")
+        end = max(start, stop)
+        progress = Progress(start, end, args.steps, enabled=lead and not args.quiet)
         model.train()
-        for step in bar:
+        for step in range(start, end):
             t0 = time.perf_counter()
             lr = learning_rate(step, args)
             for group in optimizer.param_groups:
@@ -358,16 +488,15 @@ def run(args) -> tuple[dict, ThreePhaseTransformer]:
                    "tokens": done * tokens_per_step}
             if done % args.eval_every == 0 or done == args.steps:
                 val_bpb = row["val_bpb"] = evaluate(model, val, args, rank, world)
-                if lead and not args.quiet:
-                    bar.write(f"step {done:>6}  train loss {step_loss:.4f}  val bpb {val_bpb:.4f}")
+                progress.write(f"step {done:>6}  train loss {step_loss:.4f}  val bpb {val_bpb:.4f}")
             if lead and ("val_bpb" in row or done == end):  # --stop-after: a checkpoint, no extra eval row
-                save_checkpoint(ckpt_path, model, optimizer, done, config, args)
+                save_checkpoint(ckpt_path, model, optimizer, done, config, args, definition)
             if lead:
                 with open(metrics_path, "a") as f:
                     f.write(json.dumps(row) + "\n")
             last = row
-            bar.set_postfix(loss=f"{step_loss:.3f}", tok_s=f"{tokens_per_step * (done - start) / train_seconds:,.0f}")
-        bar.close()
+            progress.step(done, step_loss, lr, tokens_per_step * (done - start) / train_seconds)
+        progress.close()
         if distributed:
             dist.barrier()  # rank 0's checkpoint and metrics are complete
 
@@ -377,7 +506,7 @@ def run(args) -> tuple[dict, ThreePhaseTransformer]:
                    "tokens_per_s": tokens_per_step * trained / train_seconds if trained else None,
                    "parameters": model.num_parameters(), "world_size": world, "backend": args.backend,
                    "baseline": args.baseline, "out": str(out)}
-        if lead and end:
+        if lead and trained:
             plot_metrics(read_metrics(metrics_path), out / "loss.png",
                          f"{kind}, d_model {args.d_model}, {args.n_layers} layers, seed {args.seed}")
             n_sample = min(args.sample_tokens, args.seq_len - len(SAMPLE_PROMPT))
@@ -406,10 +535,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def main(argv: list[str] | None = None) -> dict:
-    """The command line: trains and returns the run's summary (``final_val_bpb``, ``tokens_per_s``, ...)."""
+def run_cli(argv: list[str] | None = None) -> dict:
+    """Trains as the command line ``argv`` says; returns the run's summary (``final_val_bpb``, ``tokens_per_s``...)."""
     return run(parse_args(argv))[0]
 
 
+def main(argv: list[str] | None = None) -> int:
+    """The ``tpt-train`` console script: trains, then returns exit status 0 (errors exit nonzero)."""
+    run_cli(argv)
+    return 0
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
