@@ -7,7 +7,12 @@ functions return the saved statistics the backward needs, llm.c style:
 >>> y, rstd = phase_rmsnorm_forward(x, w, n_phases=3)
 >>> dx, dw = phase_rmsnorm_backward(dy, x, w, rstd, n_phases=3)
 
-Wrong dtypes raise ``TypeError``, wrong shapes ``ValueError``.
+The first array argument sets the precision; parameters (``weight``,
+``theta``, ``cos``, ``sin_signed``), gradients and saved statistics are cast
+to it, as the torch ops convert them (``add_rotate_norm_forward``'s ``a`` must
+match ``h``, as in torch). The argument rules and messages are the torch
+ops': wrong dtypes raise ``TypeError``, wrong shapes or values (``eps``,
+``offset``, ids) ``ValueError``, naming the function and the argument.
 """
 from tpt_ops._np import (  # noqa: F401
     add_rotate_norm_backward,

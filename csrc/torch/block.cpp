@@ -9,33 +9,35 @@
 namespace tpt {
 namespace {
 
+namespace kernels {
+TPT_KERNEL_PAIR(add_rotate_norm_forward)
+TPT_KERNEL_PAIR(add_rotate_norm_backward)
+}  // namespace kernels
+
 // Checks shared by both ops; returns D.
 int64_t check_block_inputs(const char* op, const Tensor& h, const Tensor& a, int64_t n_phases) {
   storage_dtype(h, op, "h");
   storage_dtype(a, op, "a");
   check_cpu(h, op, "h");
   check_same_device(a, h, op, "a");
-  TPT_CHECK(a.sizes().equals(h.sizes()), op, "argument 'a' has shape ", shape_str(a), "; expected the shape of h ",
-            shape_str(h));
+  TPT_RULE(op, tpt_check_same_shape, "a", shape_of(a), "h", shape_of(h));
   return check_phases(h, n_phases, op, "h");
 }
 
 Tensor rotation_theta(const char* op, const std::optional<Tensor>& theta, const Tensor& h, int64_t D,
                       int64_t n_phases, ScalarType ct) {
-  const int64_t P = D / n_phases;
-  TPT_CHECK(P % 2 == 0, op, "the phase width P=D/n_phases=", P, " is odd; the rotation needs channel pairs");
-  return param_vector(*theta, P / 2, ct, h, op, "theta");
+  TPT_RULE(op, tpt_check_even_phase_width, D, n_phases);
+  return param_vector(*theta, D / n_phases / 2, ct, h, op, "theta");
 }
 
 std::tuple<Tensor, Tensor, Tensor> block_forward(const char* op, Tensor h, Tensor a,
                                                  const std::optional<Tensor>& theta, Tensor weight,
                                                  int64_t n_phases, double eps) {
   const int64_t D = check_block_inputs(op, h, a, n_phases);
-  TPT_CHECK(eps >= 0, op, "eps must be >= 0, got ", eps);
+  TPT_RULE(op, tpt_check_eps, eps);
   const tpt_dtype dt_h = storage_dtype(h, op, "h"), dt_a = storage_dtype(a, op, "a");
-  TPT_CHECK((dt_h == TPT_FLOAT64) == (dt_a == TPT_FLOAT64), op,
-            "arguments 'h' and 'a' must both be float64 or both not, got ", dtype_name(h.scalar_type()), " and ",
-            dtype_name(a.scalar_type()));
+  TPT_RULE(op, tpt_check_same_precision, "h", dtype_name(h.scalar_type()).c_str(), dt_h == TPT_FLOAT64, "a",
+           dtype_name(a.scalar_type()).c_str(), dt_a == TPT_FLOAT64);
   const ScalarType ct = compute_type(dt_h);
   Tensor w = param_vector(weight, D, ct, h, op, "weight");
   std::optional<Tensor> th;
@@ -50,15 +52,14 @@ std::tuple<Tensor, Tensor, Tensor> block_forward(const char* op, Tensor h, Tenso
   Tensor rstd = torch::stable::new_empty(h, rstd_shape, ct);
   const int64_t M = D ? h.numel() / D : 0;
   parallel_rows(op, M, row_grain(D), [&](int64_t begin, int64_t end) {
-    return dt_h == TPT_FLOAT64
-        ? add_rotate_norm_forward_f64(h_new.mutable_data_ptr(), normed.mutable_data_ptr(),
-                                      rstd.mutable_data_ptr<double>(), h.const_data_ptr(), dt_h, a.const_data_ptr(),
-                                      dt_a, th ? th->const_data_ptr<double>() : nullptr,
-                                      w.const_data_ptr<double>(), begin, end, D, n_phases, eps)
-        : add_rotate_norm_forward_f32(h_new.mutable_data_ptr(), normed.mutable_data_ptr(),
-                                      rstd.mutable_data_ptr<float>(), h.const_data_ptr(), dt_h, a.const_data_ptr(),
-                                      dt_a, th ? th->const_data_ptr<float>() : nullptr, w.const_data_ptr<float>(),
-                                      begin, end, D, n_phases, eps);
+    return by_precision(dt_h, [&](auto tag) {
+      using real = decltype(tag);
+      return kernels::add_rotate_norm_forward<real>(h_new.mutable_data_ptr(), normed.mutable_data_ptr(),
+                                                    rstd.mutable_data_ptr<real>(), h.const_data_ptr(), dt_h,
+                                                    a.const_data_ptr(), dt_a,
+                                                    th ? th->const_data_ptr<real>() : nullptr,
+                                                    w.const_data_ptr<real>(), begin, end, D, n_phases, eps);
+    });
   });
   return {h_new, normed, rstd};
 }
@@ -75,8 +76,7 @@ std::tuple<Tensor, std::optional<Tensor>, Tensor> block_backward(const char* op,
   std::optional<Tensor> th;
   if (theta) th = rotation_theta(op, theta, h_new, D, n_phases, ct);
   const int64_t M = D ? h_new.numel() / D : 0, P = D / n_phases;
-  TPT_CHECK(rstd.numel() == M * n_phases, op, "argument 'rstd' has ", rstd.numel(), " elements; expected ",
-            M * n_phases);
+  TPT_RULE(op, tpt_check_numel, "rstd", rstd.numel(), M * n_phases);
 
   h_new = torch::stable::contiguous(h_new);
   dh_new = torch::stable::contiguous(torch::stable::to(dh_new, h_new.scalar_type()));
@@ -87,17 +87,15 @@ std::tuple<Tensor, std::optional<Tensor>, Tensor> block_backward(const char* op,
   Tensor dw_partials = torch::stable::new_zeros(h_new, {rows, D}, ct);
   Tensor dth_partials = torch::stable::new_zeros(h_new, {rows, theta ? P / 2 : 0}, ct);
   parallel_rows(op, n_blocks, 1, [&](int64_t begin, int64_t end) {
-    return dt == TPT_FLOAT64
-        ? add_rotate_norm_backward_f64(dsum.mutable_data_ptr(), dth_partials.mutable_data_ptr<double>(),
-                                       dw_partials.mutable_data_ptr<double>(), dh_new.const_data_ptr(),
-                                       dnormed.const_data_ptr(), h_new.const_data_ptr(),
-                                       th ? th->const_data_ptr<double>() : nullptr, w.const_data_ptr<double>(),
-                                       rstd.const_data_ptr<double>(), dt, begin, end, M, D, n_phases)
-        : add_rotate_norm_backward_f32(dsum.mutable_data_ptr(), dth_partials.mutable_data_ptr<float>(),
-                                       dw_partials.mutable_data_ptr<float>(), dh_new.const_data_ptr(),
-                                       dnormed.const_data_ptr(), h_new.const_data_ptr(),
-                                       th ? th->const_data_ptr<float>() : nullptr, w.const_data_ptr<float>(),
-                                       rstd.const_data_ptr<float>(), dt, begin, end, M, D, n_phases);
+    return by_precision(dt, [&](auto tag) {
+      using real = decltype(tag);
+      return kernels::add_rotate_norm_backward<real>(dsum.mutable_data_ptr(), dth_partials.mutable_data_ptr<real>(),
+                                                     dw_partials.mutable_data_ptr<real>(), dh_new.const_data_ptr(),
+                                                     dnormed.const_data_ptr(), h_new.const_data_ptr(),
+                                                     th ? th->const_data_ptr<real>() : nullptr,
+                                                     w.const_data_ptr<real>(), rstd.const_data_ptr<real>(), dt, begin,
+                                                     end, M, D, n_phases);
+    });
   });
   std::optional<Tensor> dtheta;
   if (theta) dtheta = sum_partials(dth_partials, theta->scalar_type());

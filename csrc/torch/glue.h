@@ -1,6 +1,7 @@
-// Helpers shared by the registration files: argument checks that raise a
-// clear error naming the op and the argument, the dtype mapping from torch to
-// the C kernels, and row-parallel launch over torch's thread pool.
+// Shared by the registration files: the argument rules of csrc/cpu/checks.h
+// raised as "tpt.<op>: ..." errors, the dtype mapping from torch to the C
+// kernels, the float32/float64 kernel dispatch, and row-parallel launch over
+// torch's thread pool.
 //
 // Everything here uses the LibTorch stable ABI (torch/csrc/stable), so one
 // build of the extension serves every torch >= 2.10.
@@ -12,11 +13,14 @@
 #include <torch/headeronly/core/ScalarType.h>
 
 #include <algorithm>
+#include <atomic>
 #include <sstream>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 #include <vector>
 
+#include "../cpu/checks.h"
 #include "../cpu/common.h"
 
 namespace tpt {
@@ -37,43 +41,104 @@ template <typename... Args>
     if (!(cond)) ::tpt::fail(op, __VA_ARGS__); \
   } while (0)
 
-inline std::string shape_str(const Tensor& t) {
-  std::ostringstream oss;
-  oss << "[";
-  for (int64_t d = 0; d < t.dim(); d++) oss << (d ? ", " : "") << t.size(d);
-  oss << "]";
-  return oss.str();
-}
+// Raises "tpt.<op>: <message>" when a rule of csrc/cpu/checks.h is broken:
+//   TPT_RULE(op, tpt_check_phases, "x", shape_of(x), n_phases);
+#define TPT_RULE(op, rule, ...)                                   \
+  do {                                                            \
+    char tpt_msg_[TPT_MSG_SIZE];                                  \
+    if (rule(tpt_msg_, __VA_ARGS__)) ::tpt::fail(op, tpt_msg_);   \
+  } while (0)
 
-inline const char* dtype_name(ScalarType st) {
+// The sizes of t as the shared checks take them; valid while t lives.
+inline tpt_shape shape_of(const Tensor& t) { return {t.sizes().data(), t.dim()}; }
+
+// torch's name of every dtype (torch.<name>), so that a refused dtype is named
+// as the user wrote it; a dtype newer than this table prints its enum value.
+inline std::string dtype_name(ScalarType st) {
   switch (st) {
+    case ScalarType::Byte: return "uint8";
+    case ScalarType::Char: return "int8";
+    case ScalarType::Short: return "int16";
+    case ScalarType::Int: return "int32";
+    case ScalarType::Long: return "int64";
+    case ScalarType::Half: return "float16";
     case ScalarType::Float: return "float32";
     case ScalarType::Double: return "float64";
+    case ScalarType::ComplexHalf: return "complex32";
+    case ScalarType::ComplexFloat: return "complex64";
+    case ScalarType::ComplexDouble: return "complex128";
+    case ScalarType::Bool: return "bool";
+    case ScalarType::QInt8: return "qint8";
+    case ScalarType::QUInt8: return "quint8";
+    case ScalarType::QInt32: return "qint32";
     case ScalarType::BFloat16: return "bfloat16";
-    case ScalarType::Half: return "float16";
-    case ScalarType::Long: return "int64";
-    case ScalarType::Int: return "int32";
-    default: return "an unsupported dtype";
+    case ScalarType::QUInt4x2: return "quint4x2";
+    case ScalarType::QUInt2x4: return "quint2x4";
+    case ScalarType::Bits1x8: return "bits1x8";
+    case ScalarType::Bits2x4: return "bits2x4";
+    case ScalarType::Bits4x2: return "bits4x2";
+    case ScalarType::Bits8: return "bits8";
+    case ScalarType::Bits16: return "bits16";
+    case ScalarType::Float8_e5m2: return "float8_e5m2";
+    case ScalarType::Float8_e4m3fn: return "float8_e4m3fn";
+    case ScalarType::Float8_e5m2fnuz: return "float8_e5m2fnuz";
+    case ScalarType::Float8_e4m3fnuz: return "float8_e4m3fnuz";
+    case ScalarType::UInt16: return "uint16";
+    case ScalarType::UInt32: return "uint32";
+    case ScalarType::UInt64: return "uint64";
+    case ScalarType::UInt1: return "uint1";
+    case ScalarType::UInt2: return "uint2";
+    case ScalarType::UInt3: return "uint3";
+    case ScalarType::UInt4: return "uint4";
+    case ScalarType::UInt5: return "uint5";
+    case ScalarType::UInt6: return "uint6";
+    case ScalarType::UInt7: return "uint7";
+    case ScalarType::Int1: return "int1";
+    case ScalarType::Int2: return "int2";
+    case ScalarType::Int3: return "int3";
+    case ScalarType::Int4: return "int4";
+    case ScalarType::Int5: return "int5";
+    case ScalarType::Int6: return "int6";
+    case ScalarType::Int7: return "int7";
+    case ScalarType::Float8_e8m0fnu: return "float8_e8m0fnu";
+    case ScalarType::Float4_e2m1fn_x2: return "float4_e2m1fn_x2";
+    default: return "ScalarType(" + std::to_string(static_cast<int>(st)) + ")";
   }
 }
 
 // The kernels' storage dtype of a floating tensor; any other dtype is an error.
 inline tpt_dtype storage_dtype(const Tensor& t, const char* op, const char* arg) {
-  switch (t.scalar_type()) {
-    case ScalarType::Float: return TPT_FLOAT32;
-    case ScalarType::Double: return TPT_FLOAT64;
-    case ScalarType::BFloat16: return TPT_BFLOAT16;
-    case ScalarType::Half: return TPT_FLOAT16;
-    default:
-      fail(op, "argument '", arg, "' has dtype ", dtype_name(t.scalar_type()),
-           "; expected float32, float64, bfloat16 or float16");
-  }
+  const ScalarType st = t.scalar_type();
+  const bool supported = st == ScalarType::Float || st == ScalarType::Double || st == ScalarType::BFloat16 ||
+                         st == ScalarType::Half;
+  TPT_RULE(op, tpt_check_dtype, arg, supported, dtype_name(st).c_str(), "float32, float64, bfloat16 or float16");
+  return st == ScalarType::Float ? TPT_FLOAT32
+       : st == ScalarType::Double ? TPT_FLOAT64
+       : st == ScalarType::BFloat16 ? TPT_BFLOAT16
+                                    : TPT_FLOAT16;
 }
 
 // float64 computes in float64, every other storage dtype in float32.
 inline ScalarType compute_type(tpt_dtype dt) {
   return dt == TPT_FLOAT64 ? ScalarType::Double : ScalarType::Float;
 }
+
+// f(real{}) with real the compute precision of dt: double for float64, float
+// for the rest. f is a generic lambda that calls the kernels of that precision,
+// e.g. kernels::phase_rmsnorm_forward<real>(...) (see TPT_KERNEL_PAIR).
+template <typename F>
+decltype(auto) by_precision(tpt_dtype dt, const F& f) {
+  return dt == TPT_FLOAT64 ? f(double{}) : f(float{});
+}
+
+// name<real>(args...) calls the C kernel name_f64 or name_f32. Each family
+// declares its kernels so in a namespace `kernels` beside its ops.
+#define TPT_KERNEL_PAIR(name)                                        \
+  template <typename real, typename... Args>                         \
+  auto name(Args... args) {                                          \
+    if constexpr (std::is_same_v<real, double>) return ::name##_f64(args...); \
+    else return ::name##_f32(args...);                               \
+  }
 
 inline void check_cpu(const Tensor& t, const char* op, const char* arg) {
   TPT_CHECK(t.is_cpu(), op, "argument '", arg, "' must be a CPU tensor");
@@ -86,12 +151,8 @@ inline void check_same_device(const Tensor& a, const Tensor& b, const char* op, 
 
 // The last dim of x: D = N * P with N >= 1 phases of equal width.
 inline int64_t check_phases(const Tensor& x, int64_t n_phases, const char* op, const char* arg) {
-  TPT_CHECK(x.dim() >= 1, op, "argument '", arg, "' must have at least 1 dimension, got a scalar");
-  TPT_CHECK(n_phases >= 1, op, "n_phases must be >= 1, got ", n_phases);
-  const int64_t D = x.size(-1);
-  TPT_CHECK(D % n_phases == 0, op, "the last dim of '", arg, "' (D=", D,
-            ") is not divisible by n_phases=", n_phases);
-  return D;
+  TPT_RULE(op, tpt_check_phases, arg, shape_of(x), n_phases);
+  return x.size(-1);
 }
 
 // A 1-d parameter of the given length, converted to the compute precision.
@@ -99,8 +160,7 @@ inline Tensor param_vector(const Tensor& p, int64_t length, ScalarType compute, 
                            const char* op, const char* arg) {
   storage_dtype(p, op, arg);
   check_same_device(p, x, op, arg);
-  TPT_CHECK(p.dim() == 1 && p.size(0) == length, op, "argument '", arg, "' must have shape [",
-            length, "], got ", shape_str(p));
+  TPT_RULE(op, tpt_check_vector, arg, shape_of(p), length);
   return torch::stable::contiguous(torch::stable::to(p, compute));
 }
 
@@ -110,30 +170,36 @@ inline void check_status(int status, const char* op) {
 
 // Run f(begin, end) over [0, n) on torch's thread pool, at least `grain`
 // items a task. A kernel's status is collected so that no exception crosses
-// the pool; the first failure is raised after the loop.
+// the pool; tasks run concurrently, so the first failure is kept atomically
+// and raised after the loop.
 template <typename F>
 void parallel_rows(const char* op, int64_t n, int64_t grain, const F& f) {
   if (n <= 0) return;
-  std::vector<int> status(1, TPT_OK);
-  int* first = status.data();
+  std::atomic<int> first_failure{TPT_OK};
   torch::stable::parallel_for(0, n, grain, [&](int64_t begin, int64_t end) {
-    int s = f(begin, end);
-    if (s != TPT_OK) *first = s;
+    const int s = f(begin, end);
+    int none = TPT_OK;
+    if (s != TPT_OK) first_failure.compare_exchange_strong(none, s);
   });
-  check_status(*first, op);
+  check_status(first_failure.load(), op);
 }
 
 // Rows a task for a row kernel: about 64 KiB of row data.
 inline int64_t row_grain(int64_t D) { return D > 0 ? std::max<int64_t>(1, 16384 / D) : 1; }
 
+namespace kernels {
+TPT_KERNEL_PAIR(tpt_sum_partials)
+}  // namespace kernels
+
 // Sum the [n_blocks, n] partials of a row reduction in block order.
 inline Tensor sum_partials(const Tensor& partials, ScalarType out_type) {
   const int64_t n_blocks = partials.size(0), n = partials.size(1);
   Tensor out = torch::stable::new_empty(partials, {n});
-  if (partials.scalar_type() == ScalarType::Double)
-    tpt_sum_partials_f64(out.mutable_data_ptr<double>(), partials.const_data_ptr<double>(), n_blocks, n, 0, n);
-  else
-    tpt_sum_partials_f32(out.mutable_data_ptr<float>(), partials.const_data_ptr<float>(), n_blocks, n, 0, n);
+  const tpt_dtype dt = partials.scalar_type() == ScalarType::Double ? TPT_FLOAT64 : TPT_FLOAT32;
+  by_precision(dt, [&](auto tag) {
+    using real = decltype(tag);
+    kernels::tpt_sum_partials<real>(out.mutable_data_ptr<real>(), partials.const_data_ptr<real>(), n_blocks, n, 0, n);
+  });
   return torch::stable::to(out, out_type);
 }
 

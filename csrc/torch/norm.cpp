@@ -5,6 +5,11 @@
 namespace tpt {
 namespace {
 
+namespace kernels {
+TPT_KERNEL_PAIR(phase_rmsnorm_forward)
+TPT_KERNEL_PAIR(phase_rmsnorm_backward)
+}  // namespace kernels
+
 constexpr const char* kForward = "phase_rmsnorm";
 constexpr const char* kBackward = "phase_rmsnorm_backward";
 
@@ -13,7 +18,7 @@ std::tuple<Tensor, Tensor> phase_rmsnorm(Tensor x, Tensor weight, int64_t n_phas
   const tpt_dtype dt = storage_dtype(x, kForward, "x");
   check_cpu(x, kForward, "x");
   const int64_t D = check_phases(x, n_phases, kForward, "x");
-  TPT_CHECK(eps >= 0, kForward, "eps must be >= 0, got ", eps);
+  TPT_RULE(kForward, tpt_check_eps, eps);
   const ScalarType ct = compute_type(dt);
   Tensor w = param_vector(weight, D, ct, x, kForward, "weight");
 
@@ -24,11 +29,12 @@ std::tuple<Tensor, Tensor> phase_rmsnorm(Tensor x, Tensor weight, int64_t n_phas
   Tensor rstd = torch::stable::new_empty(x, rstd_shape, ct);
   const int64_t M = D ? x.numel() / D : 0;
   parallel_rows(kForward, M, row_grain(D), [&](int64_t begin, int64_t end) {
-    return dt == TPT_FLOAT64
-        ? phase_rmsnorm_forward_f64(y.mutable_data_ptr(), rstd.mutable_data_ptr<double>(), x.const_data_ptr(),
-                                    w.const_data_ptr<double>(), dt, begin, end, D, n_phases, eps)
-        : phase_rmsnorm_forward_f32(y.mutable_data_ptr(), rstd.mutable_data_ptr<float>(), x.const_data_ptr(),
-                                    w.const_data_ptr<float>(), dt, begin, end, D, n_phases, eps);
+    return by_precision(dt, [&](auto tag) {
+      using real = decltype(tag);
+      return kernels::phase_rmsnorm_forward<real>(y.mutable_data_ptr(), rstd.mutable_data_ptr<real>(),
+                                                  x.const_data_ptr(), w.const_data_ptr<real>(), dt, begin, end, D,
+                                                  n_phases, eps);
+    });
   });
   return {y, rstd};
 }
@@ -39,14 +45,12 @@ std::tuple<Tensor, Tensor> phase_rmsnorm_backward(Tensor dy, Tensor x, Tensor we
   const tpt_dtype dt = storage_dtype(x, kBackward, "x");
   check_cpu(x, kBackward, "x");
   const int64_t D = check_phases(x, n_phases, kBackward, "x");
-  TPT_CHECK(dy.sizes().equals(x.sizes()), kBackward, "argument 'dy' has shape ", shape_str(dy),
-            "; expected the shape of x ", shape_str(x));
+  TPT_RULE(kBackward, tpt_check_same_shape, "dy", shape_of(dy), "x", shape_of(x));
   check_same_device(dy, x, kBackward, "dy");
   const ScalarType ct = compute_type(dt);
   Tensor w = param_vector(weight, D, ct, x, kBackward, "weight");
   const int64_t M = D ? x.numel() / D : 0;
-  TPT_CHECK(rstd.numel() == M * n_phases, kBackward, "argument 'rstd' has ", rstd.numel(),
-            " elements; expected ", M * n_phases);
+  TPT_RULE(kBackward, tpt_check_numel, "rstd", rstd.numel(), M * n_phases);
 
   x = torch::stable::contiguous(x);
   dy = torch::stable::contiguous(torch::stable::to(dy, x.scalar_type()));
@@ -55,13 +59,12 @@ std::tuple<Tensor, Tensor> phase_rmsnorm_backward(Tensor dy, Tensor x, Tensor we
   const int64_t n_blocks = tpt_num_row_blocks(M);
   Tensor partials = torch::stable::new_zeros(x, {std::max<int64_t>(n_blocks, 1), D}, ct);
   parallel_rows(kBackward, n_blocks, 1, [&](int64_t begin, int64_t end) {
-    return dt == TPT_FLOAT64
-        ? phase_rmsnorm_backward_f64(dx.mutable_data_ptr(), partials.mutable_data_ptr<double>(),
-                                     dy.const_data_ptr(), x.const_data_ptr(), w.const_data_ptr<double>(),
-                                     rstd.const_data_ptr<double>(), dt, begin, end, M, D, n_phases)
-        : phase_rmsnorm_backward_f32(dx.mutable_data_ptr(), partials.mutable_data_ptr<float>(),
-                                     dy.const_data_ptr(), x.const_data_ptr(), w.const_data_ptr<float>(),
-                                     rstd.const_data_ptr<float>(), dt, begin, end, M, D, n_phases);
+    return by_precision(dt, [&](auto tag) {
+      using real = decltype(tag);
+      return kernels::phase_rmsnorm_backward<real>(dx.mutable_data_ptr(), partials.mutable_data_ptr<real>(),
+                                                   dy.const_data_ptr(), x.const_data_ptr(), w.const_data_ptr<real>(),
+                                                   rstd.const_data_ptr<real>(), dt, begin, end, M, D, n_phases);
+    });
   });
   return {dx, sum_partials(partials, weight.scalar_type())};
 }

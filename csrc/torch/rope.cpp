@@ -8,22 +8,17 @@ namespace {
 constexpr const char* kForward = "qkv_rope";
 constexpr const char* kBackward = "qkv_rope_backward";
 
-void check_head_counts(int64_t n_q_heads, int64_t n_kv_heads, const char* op) {
-  TPT_CHECK(n_q_heads >= 1, op, "argument 'n_q_heads' must be >= 1, got ", n_q_heads);
-  TPT_CHECK(n_kv_heads >= 1, op, "argument 'n_kv_heads' must be >= 1, got ", n_kv_heads);
-}
-
-void check_head_dim(int64_t hd, const char* op) {
-  TPT_CHECK(hd % 2 == 0, op, "head_dim (", hd, ") is odd; rotate-half RoPE needs an even head_dim");
-}
+namespace kernels {
+TPT_KERNEL_PAIR(qkv_rope_forward)
+TPT_KERNEL_PAIR(qkv_rope_backward)
+}  // namespace kernels
 
 // A [T, head_dim] RoPE table, converted to the compute precision.
 Tensor rope_table(const Tensor& table, int64_t T, int64_t hd, ScalarType compute, const Tensor& x, const char* op,
                   const char* arg) {
   storage_dtype(table, op, arg);
   check_same_device(table, x, op, arg);
-  TPT_CHECK(table.dim() == 2 && table.size(0) == T && table.size(1) == hd, op, "argument '", arg,
-            "' must have shape [T, head_dim] = [", T, ", ", hd, "], got ", shape_str(table));
+  TPT_RULE(op, tpt_check_rope_table, arg, shape_of(table), T, hd);
   return torch::stable::contiguous(torch::stable::to(table, compute));
 }
 
@@ -32,14 +27,8 @@ std::tuple<Tensor, Tensor, Tensor> qkv_rope(Tensor qkv, Tensor cos, Tensor sin_s
                                             int64_t n_kv_heads) {
   const tpt_dtype dt = storage_dtype(qkv, kForward, "qkv");
   check_cpu(qkv, kForward, "qkv");
-  TPT_CHECK(qkv.dim() == 3, kForward, "argument 'qkv' must be 3-d [B, T, (n_q_heads + 2*n_kv_heads)*head_dim], got ",
-            shape_str(qkv));
-  check_head_counts(n_q_heads, n_kv_heads, kForward);
-  const int64_t B = qkv.size(0), T = qkv.size(1), D = qkv.size(2), heads = n_q_heads + 2 * n_kv_heads;
-  TPT_CHECK(D % heads == 0, kForward, "the last dim of 'qkv' (", D,
-            ") is not divisible by n_q_heads + 2*n_kv_heads = ", heads);
-  const int64_t hd = D / heads;
-  check_head_dim(hd, kForward);
+  TPT_RULE(kForward, tpt_check_qkv, shape_of(qkv), n_q_heads, n_kv_heads);
+  const int64_t B = qkv.size(0), T = qkv.size(1), D = qkv.size(2), hd = D / (n_q_heads + 2 * n_kv_heads);
   const ScalarType ct = compute_type(dt);
   cos = rope_table(cos, T, hd, ct, qkv, kForward, "cos");
   sin_signed = rope_table(sin_signed, T, hd, ct, qkv, kForward, "sin_signed");
@@ -49,13 +38,13 @@ std::tuple<Tensor, Tensor, Tensor> qkv_rope(Tensor qkv, Tensor cos, Tensor sin_s
   Tensor v = torch::stable::new_empty(qkv, {B, n_kv_heads, T, hd});
   const int64_t M = hd ? B * T : 0;
   parallel_rows(kForward, M, row_grain(D), [&](int64_t begin, int64_t end) {
-    return dt == TPT_FLOAT64
-        ? qkv_rope_forward_f64(q.mutable_data_ptr(), k.mutable_data_ptr(), v.mutable_data_ptr(),
-                               qkv.const_data_ptr(), cos.const_data_ptr<double>(),
-                               sin_signed.const_data_ptr<double>(), dt, begin, end, T, n_q_heads, n_kv_heads, hd)
-        : qkv_rope_forward_f32(q.mutable_data_ptr(), k.mutable_data_ptr(), v.mutable_data_ptr(),
-                               qkv.const_data_ptr(), cos.const_data_ptr<float>(), sin_signed.const_data_ptr<float>(),
-                               dt, begin, end, T, n_q_heads, n_kv_heads, hd);
+    return by_precision(dt, [&](auto tag) {
+      using real = decltype(tag);
+      return kernels::qkv_rope_forward<real>(q.mutable_data_ptr(), k.mutable_data_ptr(), v.mutable_data_ptr(),
+                                             qkv.const_data_ptr(), cos.const_data_ptr<real>(),
+                                             sin_signed.const_data_ptr<real>(), dt, begin, end, T, n_q_heads,
+                                             n_kv_heads, hd);
+    });
   });
   return {q, k, v};
 }
@@ -79,16 +68,11 @@ Tensor qkv_rope_backward(Tensor dq, Tensor dk, Tensor dv, Tensor cos, Tensor sin
   check_cpu(dq, kBackward, "dq");
   check_same_device(dk, dq, kBackward, "dk");
   check_same_device(dv, dq, kBackward, "dv");
-  check_head_counts(n_q_heads, n_kv_heads, kBackward);
-  TPT_CHECK(dq.dim() == 4 && dq.size(1) == n_q_heads, kBackward, "argument 'dq' has shape ", shape_str(dq),
-            "; expected [B, n_q_heads, T, head_dim] with n_q_heads=", n_q_heads);
+  TPT_RULE(kBackward, tpt_check_head_counts, n_q_heads, n_kv_heads);
+  TPT_RULE(kBackward, tpt_check_dq, shape_of(dq), n_q_heads);
   const int64_t B = dq.size(0), T = dq.size(2), hd = dq.size(3);
-  check_head_dim(hd, kBackward);
-  const std::vector<int64_t> kv_shape = {B, n_kv_heads, T, hd};
-  TPT_CHECK(dk.sizes().equals(kv_shape), kBackward, "argument 'dk' has shape ", shape_str(dk),
-            "; expected [B, n_kv_heads, T, head_dim] = [", B, ", ", n_kv_heads, ", ", T, ", ", hd, "]");
-  TPT_CHECK(dv.sizes().equals(kv_shape), kBackward, "argument 'dv' has shape ", shape_str(dv),
-            "; expected [B, n_kv_heads, T, head_dim] = [", B, ", ", n_kv_heads, ", ", T, ", ", hd, "]");
+  TPT_RULE(kBackward, tpt_check_dkv, "dk", shape_of(dk), B, n_kv_heads, T, hd);
+  TPT_RULE(kBackward, tpt_check_dkv, "dv", shape_of(dv), B, n_kv_heads, T, hd);
   const ScalarType ct = compute_type(dt);
   cos = rope_table(cos, T, hd, ct, dq, kBackward, "cos");
   sin_signed = rope_table(sin_signed, T, hd, ct, dq, kBackward, "sin_signed");
@@ -99,13 +83,14 @@ Tensor qkv_rope_backward(Tensor dq, Tensor dk, Tensor dv, Tensor cos, Tensor sin
   Tensor dqkv = torch::stable::new_empty(dq, {B, T, D});
   const int64_t M = hd ? B * T : 0;
   parallel_rows(kBackward, M, row_grain(D), [&](int64_t begin, int64_t end) {
-    return dt == TPT_FLOAT64
-        ? qkv_rope_backward_f64(dqkv.mutable_data_ptr(), dq.const_data_ptr(), head_strides(dq), dk.const_data_ptr(),
-                                head_strides(dk), dv.const_data_ptr(), head_strides(dv), cos.const_data_ptr<double>(),
-                                sin_signed.const_data_ptr<double>(), dt, begin, end, T, n_q_heads, n_kv_heads, hd)
-        : qkv_rope_backward_f32(dqkv.mutable_data_ptr(), dq.const_data_ptr(), head_strides(dq), dk.const_data_ptr(),
-                                head_strides(dk), dv.const_data_ptr(), head_strides(dv), cos.const_data_ptr<float>(),
-                                sin_signed.const_data_ptr<float>(), dt, begin, end, T, n_q_heads, n_kv_heads, hd);
+    return by_precision(dt, [&](auto tag) {
+      using real = decltype(tag);
+      return kernels::qkv_rope_backward<real>(dqkv.mutable_data_ptr(), dq.const_data_ptr(), head_strides(dq),
+                                              dk.const_data_ptr(), head_strides(dk), dv.const_data_ptr(),
+                                              head_strides(dv), cos.const_data_ptr<real>(),
+                                              sin_signed.const_data_ptr<real>(), dt, begin, end, T, n_q_heads,
+                                              n_kv_heads, hd);
+    });
   });
   return dqkv;
 }

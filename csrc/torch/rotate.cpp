@@ -5,15 +5,18 @@
 namespace tpt {
 namespace {
 
+namespace kernels {
+TPT_KERNEL_PAIR(phase_rotate_forward)
+TPT_KERNEL_PAIR(phase_rotate_backward)
+}  // namespace kernels
+
 constexpr const char* kForward = "phase_rotate";
 constexpr const char* kBackward = "phase_rotate_backward";
 
 // The phase width P = D / N; the rotation pairs channels, so P must be even.
 int64_t check_pairs(int64_t D, int64_t n_phases, const char* op) {
-  const int64_t P = D / n_phases;
-  TPT_CHECK(P % 2 == 0, op, "the phase width P=", P, " (D=", D, ", n_phases=", n_phases,
-            ") is odd; the rotation needs (even, odd) channel pairs");
-  return P;
+  TPT_RULE(op, tpt_check_even_phase_width, D, n_phases);
+  return D / n_phases;
 }
 
 // y = R(theta + i*2pi/N) x on the channel pairs of each phase i.
@@ -29,11 +32,11 @@ Tensor phase_rotate(Tensor x, Tensor theta, int64_t n_phases) {
   Tensor y = torch::stable::empty_like(x);
   const int64_t M = D ? x.numel() / D : 0;
   parallel_rows(kForward, M, row_grain(D), [&](int64_t begin, int64_t end) {
-    return dt == TPT_FLOAT64
-        ? phase_rotate_forward_f64(y.mutable_data_ptr(), x.const_data_ptr(), th.const_data_ptr<double>(), dt,
-                                   begin, end, D, n_phases)
-        : phase_rotate_forward_f32(y.mutable_data_ptr(), x.const_data_ptr(), th.const_data_ptr<float>(), dt,
-                                   begin, end, D, n_phases);
+    return by_precision(dt, [&](auto tag) {
+      using real = decltype(tag);
+      return kernels::phase_rotate_forward<real>(y.mutable_data_ptr(), x.const_data_ptr(), th.const_data_ptr<real>(),
+                                                 dt, begin, end, D, n_phases);
+    });
   });
   return y;
 }
@@ -45,8 +48,7 @@ std::tuple<Tensor, Tensor> phase_rotate_backward(Tensor dy, Tensor y, Tensor the
   const int64_t D = check_phases(y, n_phases, kBackward, "y");
   const int64_t P = check_pairs(D, n_phases, kBackward);
   storage_dtype(dy, kBackward, "dy");
-  TPT_CHECK(dy.sizes().equals(y.sizes()), kBackward, "argument 'dy' has shape ", shape_str(dy),
-            "; expected the shape of y ", shape_str(y));
+  TPT_RULE(kBackward, tpt_check_same_shape, "dy", shape_of(dy), "y", shape_of(y));
   check_same_device(dy, y, kBackward, "dy");
   const ScalarType ct = compute_type(dt);
   Tensor th = param_vector(theta, P / 2, ct, y, kBackward, "theta");
@@ -58,13 +60,12 @@ std::tuple<Tensor, Tensor> phase_rotate_backward(Tensor dy, Tensor y, Tensor the
   const int64_t n_blocks = tpt_num_row_blocks(M);
   Tensor partials = torch::stable::new_zeros(y, {std::max<int64_t>(n_blocks, 1), P / 2}, ct);
   parallel_rows(kBackward, n_blocks, 1, [&](int64_t begin, int64_t end) {
-    return dt == TPT_FLOAT64
-        ? phase_rotate_backward_f64(dx.mutable_data_ptr(), partials.mutable_data_ptr<double>(),
-                                    dy.const_data_ptr(), y.const_data_ptr(), th.const_data_ptr<double>(), dt,
-                                    begin, end, M, D, n_phases)
-        : phase_rotate_backward_f32(dx.mutable_data_ptr(), partials.mutable_data_ptr<float>(),
-                                    dy.const_data_ptr(), y.const_data_ptr(), th.const_data_ptr<float>(), dt,
-                                    begin, end, M, D, n_phases);
+    return by_precision(dt, [&](auto tag) {
+      using real = decltype(tag);
+      return kernels::phase_rotate_backward<real>(dx.mutable_data_ptr(), partials.mutable_data_ptr<real>(),
+                                                  dy.const_data_ptr(), y.const_data_ptr(), th.const_data_ptr<real>(),
+                                                  dt, begin, end, M, D, n_phases);
+    });
   });
   return {dx, sum_partials(partials, theta.scalar_type())};
 }

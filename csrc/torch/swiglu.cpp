@@ -5,17 +5,19 @@
 namespace tpt {
 namespace {
 
+namespace kernels {
+TPT_KERNEL_PAIR(swiglu_forward)
+TPT_KERNEL_PAIR(swiglu_backward)
+}  // namespace kernels
+
 constexpr const char* kForward = "swiglu";
 constexpr const char* kBackward = "swiglu_backward";
 constexpr const char* kBackwardInplace = "swiglu_backward_";
 
 // F, half the last dim of gate_up = [..., 2F] (gate half, then up half).
 int64_t check_gate_up(const Tensor& gate_up, const char* op) {
-  TPT_CHECK(gate_up.dim() >= 1, op, "argument 'gate_up' must have at least 1 dimension, got a scalar");
-  const int64_t D = gate_up.size(-1);
-  TPT_CHECK(D % 2 == 0, op, "the last dim of 'gate_up' (", D,
-            ") must be even: its first half is the gate, its second half the up projection");
-  return D / 2;
+  TPT_RULE(op, tpt_check_gate_up, shape_of(gate_up));
+  return gate_up.size(-1) / 2;
 }
 
 // gate_up [..., 2F] -> h = silu(gate) * up [..., F]. inplace_backward only
@@ -30,8 +32,9 @@ Tensor swiglu(Tensor gate_up, bool /*inplace_backward*/) {
   Tensor h = torch::stable::new_empty(gate_up, h_shape);
   const int64_t M = F ? gate_up.numel() / (2 * F) : 0;
   parallel_rows(kForward, M, row_grain(2 * F), [&](int64_t begin, int64_t end) {
-    return dt == TPT_FLOAT64 ? swiglu_forward_f64(h.mutable_data_ptr(), gate_up.const_data_ptr(), dt, begin, end, F)
-                             : swiglu_forward_f32(h.mutable_data_ptr(), gate_up.const_data_ptr(), dt, begin, end, F);
+    return by_precision(dt, [&](auto tag) {
+      return kernels::swiglu_forward<decltype(tag)>(h.mutable_data_ptr(), gate_up.const_data_ptr(), dt, begin, end, F);
+    });
   });
   return h;
 }
@@ -43,10 +46,7 @@ int64_t check_backward(const Tensor& dh, const Tensor& gate_up, const char* op, 
   check_cpu(gate_up, op, "gate_up");
   check_same_device(dh, gate_up, op, "dh");
   const int64_t F = check_gate_up(gate_up, op);
-  std::vector<int64_t> h_shape(gate_up.sizes().begin(), gate_up.sizes().end());
-  h_shape.back() = F;
-  TPT_CHECK(dh.sizes().equals(h_shape), op, "argument 'dh' has shape ", shape_str(dh),
-            "; expected the shape of gate_up ", shape_str(gate_up), " with its last dim halved");
+  TPT_RULE(op, tpt_check_swiglu_grad, shape_of(dh), shape_of(gate_up));
   return F;
 }
 
@@ -56,11 +56,10 @@ void run_backward(const char* op, tpt_dtype dt, int64_t F, Tensor& d_gate_up, co
   const Tensor dh_c = torch::stable::contiguous(torch::stable::to(dh, gate_up.scalar_type()));
   const int64_t M = F ? gate_up.numel() / (2 * F) : 0;
   parallel_rows(op, M, row_grain(2 * F), [&](int64_t begin, int64_t end) {
-    return dt == TPT_FLOAT64
-        ? swiglu_backward_f64(d_gate_up.mutable_data_ptr(), dh_c.const_data_ptr(), gate_up.const_data_ptr(), dt,
-                              begin, end, F)
-        : swiglu_backward_f32(d_gate_up.mutable_data_ptr(), dh_c.const_data_ptr(), gate_up.const_data_ptr(), dt,
-                              begin, end, F);
+    return by_precision(dt, [&](auto tag) {
+      return kernels::swiglu_backward<decltype(tag)>(d_gate_up.mutable_data_ptr(), dh_c.const_data_ptr(),
+                                                     gate_up.const_data_ptr(), dt, begin, end, F);
+    });
   });
 }
 

@@ -1,12 +1,16 @@
-"""Argument checks for the fake (meta) kernels, mirroring csrc/torch/glue.h.
+"""Argument checks for the fake (meta) kernels, mirroring csrc/cpu/checks.c.
 
-The C++ glue checks real tensors; these run when an op is traced with fake
-tensors (torch.compile, opcheck), so a bad call fails at trace time with the
-same message instead of producing a graph that crashes later. The fake
+The C rules (csrc/cpu/checks.c, raised by csrc/torch/glue.h) check real
+tensors; these run when an op is traced with fake tensors (torch.compile,
+opcheck), so a bad call fails at trace time with the same message instead of
+producing a graph that crashes later. tests/test_checks.py asserts that each
+rule gives the same message here and in C. The fake
 kernels return contiguous outputs (``new_empty``, not ``empty_like``), as the
 glue does: it makes its inputs contiguous before allocating outputs like them.
 """
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import Tensor
@@ -18,10 +22,38 @@ def fail(op: str, *parts: object) -> None:
     raise RuntimeError(f"tpt.{op}: " + "".join(str(p) for p in parts))
 
 
+INT64_MAX = 2**63 - 1
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """torch's name of a dtype without the module: 'float32', 'float8_e4m3fn'."""
+    return str(dtype).replace("torch.", "")
+
+
 def check_float(op: str, arg: str, t: Tensor) -> None:
     if t.dtype not in FLOAT_DTYPES:
-        fail(op, f"argument '{arg}' has dtype {str(t.dtype).replace('torch.', '')}; "
-                 "expected float32, float64, bfloat16 or float16")
+        fail(op, f"argument '{arg}' has dtype {dtype_name(t.dtype)}; expected float32, float64, bfloat16 or float16")
+
+
+def check_eps(op: str, eps: float) -> None:
+    """eps is finite and > 0 (formatted as C's %g, as the C rule does)."""
+    if not (math.isfinite(eps) and eps > 0):
+        fail(op, f"eps must be finite and > 0, got {eps:g}")
+
+
+def check_offset(op: str, offset: int, T: int) -> None:
+    """offset >= 0 and the last position offset + T - 1, plus one, fits in int64."""
+    if offset < 0:
+        fail(op, f"offset must be >= 0 (the absolute position of the first token), got {offset}")
+    if offset > INT64_MAX - T:
+        fail(op, f"offset={offset} with T={T} positions overflows int64: offset + T must be <= {INT64_MAX}")
+
+
+def check_same_precision(op: str, h_arg: str, h: Tensor, a_arg: str, a: Tensor) -> None:
+    """Both float64 or both not: the kernel reads both in one precision."""
+    if (h.dtype == torch.float64) != (a.dtype == torch.float64):
+        fail(op, f"arguments '{h_arg}' and '{a_arg}' must both be float64 or both not, got {dtype_name(h.dtype)} "
+                 f"and {dtype_name(a.dtype)}")
 
 
 def check_phases(op: str, arg: str, x: Tensor, n_phases: int) -> int:
