@@ -4,7 +4,7 @@
   as C by gcc with its own flags (setuptools build_clib).
 * ``tpt_ops._C``   the kernels registered as torch.ops.tpt.* through the
   LibTorch stable ABI (csrc/torch/*.cpp): an abi3 module that serves every
-  torch >= 2.10 and every CPython >= 3.9. No C++ binding library.
+  torch >= 2.10 and every CPython >= 3.10. No C++ binding library.
 * ``tpt_ops._np``  the same kernels for NumPy arrays (csrc/numpy/module.c,
   pure C, NumPy C API).
 
@@ -27,17 +27,24 @@ def sources(pattern):
 
 
 # Portable optimisation: no -march=native; hot kernels carry target_clones
-# (csrc/cpu/common.h) so each CPU runs its best ISA. -ffp-contract=fast lets
-# the clones use FMA; sums are kept in fixed lanes so no reassociation is needed.
+# (csrc/cpu/common.h) so each CPU runs its best ISA. -ffp-contract=off: no
+# a*b+c becomes an FMA, which only the x86-64-v3/v4 clones have, so every clone
+# rounds as the baseline does and a result has the same bits on every CPU
+# (tests/test_build.py builds each level and compares). Sums are kept in fixed
+# lanes so no reassociation is needed.
 # -fno-trapping-math (no kernel reads floating-point exception flags) lets
 # loops with selects, such as tpt_sigmoid_f32's range checks, become blends and
 # vectorise; it changes no value.
-C_FLAGS = ["-std=c11", "-O3", "-fPIC", "-ffp-contract=fast", "-fno-math-errno", "-fno-trapping-math", "-Wall",
+C_FLAGS = ["-std=c11", "-O3", "-fPIC", "-ffp-contract=off", "-fno-math-errno", "-fno-trapping-math", "-Wall",
            "-Wextra"]
 
-# LibTorch stable ABI: target torch 2.10 and the CPython 3.9 limited API.
-# (py_limited_api=True makes setuptools define Py_LIMITED_API.)
-STABLE_ABI = ["-DTORCH_TARGET_VERSION=0x020a000000000000"]
+# LibTorch stable ABI: target torch 2.10 and the CPython 3.10 limited API
+# (pyproject's requires-python; tests/test_build.py checks that they agree).
+# With py_limited_api=True torch's BuildExtension appends its own
+# -DPy_LIMITED_API (0x030A0000 in torch 2.13); spelled the same here, the two
+# are one definition. A torch with another minimum would override this one
+# with a "Py_LIMITED_API redefined" warning.
+STABLE_ABI = ["-DTORCH_TARGET_VERSION=0x020a000000000000", "-DPy_LIMITED_API=0x030A0000"]
 
 # setuptools rebuilds only what is older than its dependencies: every kernel
 # includes the shared headers and .inc files, and both extensions link the

@@ -1,6 +1,13 @@
-"""The built extensions: no pybind11, stable ABI, the NumPy face is pure C."""
+"""The built extensions: no pybind11, stable ABI, the NumPy face is pure C; the C kernels give the same bits on
+every x86-64 level and run race-free from several threads."""
+import ast
+import os
+import pathlib
+import platform
+import re
 import shutil
 import subprocess
+import tempfile
 
 import pytest
 
@@ -26,3 +33,160 @@ def test_torch_extension_uses_only_the_stable_c_shim():
     assert not c10_or_at, c10_or_at[:5]
     assert any(n.startswith("aoti_torch_") or n.startswith("torch_") for n in names)
     assert tpt_ops._C.__file__.endswith(".abi3.so")
+
+
+# ---- the build configuration, and the C kernels alone compiled here with gcc: same bits on every CPU, clean
+# under ThreadSanitizer ----
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+KERNEL_SOURCES = sorted(str(p) for p in (ROOT / "csrc" / "cpu").glob("*.c"))
+HASH_DRIVER = str(ROOT / "tests" / "c" / "kernel_hashes.c")
+GCC = shutil.which("gcc")
+X86_64 = platform.machine() in ("x86_64", "AMD64")
+needs_gcc_on_x86_64 = pytest.mark.skipif(GCC is None or not X86_64, reason="needs gcc on an x86-64 machine")
+
+# The levels a fleet's CPUs may have; each is built as one plain version (no target_clones).
+LEVELS = ["x86-64", "x86-64-v2", "x86-64-v3", "x86-64-v4"]
+
+
+def setup_py_list(name):
+    """A list of flags that setup.py defines, read without importing it (importing runs setup())."""
+    tree = ast.parse((ROOT / "setup.py").read_text())
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == name for t in node.targets):
+            return ast.literal_eval(node.value)
+    raise AssertionError(f"setup.py defines no {name} list")
+
+
+def project_c_flags():
+    """The kernel library's C flags: one source of truth, setup.py."""
+    return setup_py_list("C_FLAGS")
+
+
+def test_python_floor_is_the_limited_api_target():
+    """requires-python is the CPython whose limited API tpt_ops._C is built for, and at least 3.10 (the tests use
+    zip(strict=True))."""
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    floor = re.search(r'^requires-python\s*=\s*">=(\d+)\.(\d+)"', pyproject, re.MULTILINE)
+    assert floor, "pyproject.toml has no requires-python = \">=X.Y\""
+    major, minor = map(int, floor.groups())
+    assert (major, minor) >= (3, 10)
+    assert f"-DPy_LIMITED_API=0x{major:02X}{minor:02X}0000" in setup_py_list("STABLE_ABI")
+
+
+def compile_driver(out_dir, name, extra_flags):
+    exe = str(out_dir / name)
+    cmd = [GCC, *project_c_flags(), *extra_flags, f"-I{ROOT / 'csrc' / 'cpu'}", *KERNEL_SOURCES, HASH_DRIVER,
+           "-o", exe, "-lm", "-pthread"]
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    assert result.returncode == 0, f"{' '.join(cmd)}\n{result.stderr}"
+    return exe
+
+
+def run_driver(exe, mode, env=None):
+    result = subprocess.run([exe, mode], capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, f"{exe} {mode} exited {result.returncode}\n{result.stderr[-4000:]}"
+    return result.stdout.splitlines()
+
+
+def cpu_supports(level):
+    """Whether this CPU runs code built for an x86-64 level (asked through gcc's __builtin_cpu_supports)."""
+    return run_probe(f'int main(void) {{ return !__builtin_cpu_supports("{level}"); }}') == 0
+
+
+def run_probe(source, flags=()):
+    with tempfile.TemporaryDirectory(prefix="tpt_probe_") as tmp:
+        src, exe = os.path.join(tmp, "probe.c"), os.path.join(tmp, "probe")
+        pathlib.Path(src).write_text(source)
+        if subprocess.run([GCC, *flags, src, "-o", exe], capture_output=True).returncode != 0:
+            return None
+        return subprocess.run([exe], capture_output=True).returncode
+
+
+@pytest.fixture(scope="module")
+def driver_builds(tmp_path_factory):
+    """Lazily built drivers by name: one per x86-64 level, plus 'dispatch' built as setup.py builds it."""
+    out_dir = tmp_path_factory.mktemp("kernel_hashes")
+    built = {}
+
+    def get(name):
+        if name not in built:
+            flags = [] if name == "dispatch" else [f"-march={name}", "-DTPT_NO_MULTIVERSION"]
+            built[name] = compile_driver(out_dir, name, flags)
+        return built[name]
+
+    return get
+
+
+def hash_table(lines):
+    table = dict(line.rsplit(" ", 1) for line in lines)
+    assert len(table) == 4 * 17, f"expected 17 kernel calls for each of 4 dtypes, got {len(table)}"
+    return table
+
+
+@needs_gcc_on_x86_64
+@pytest.mark.parametrize("target", LEVELS[1:] + ["dispatch"])
+def test_kernel_bits_do_not_depend_on_the_cpu(driver_builds, target):
+    """Every kernel gives the baseline x86-64 build's bits when built for a higher level, and when built with
+    target_clones and dispatched at load time: the same input gives the same output on every machine of a fleet."""
+    if target != "dispatch" and not cpu_supports(target):
+        pytest.skip(f"this CPU cannot run {target} code")
+    baseline = hash_table(run_driver(driver_builds("x86-64"), "serial"))
+    other = hash_table(run_driver(driver_builds(target), "serial"))
+    differing = [key for key in baseline if baseline[key] != other[key]]
+    assert not differing, f"{target} gives other bits than x86-64 for: {', '.join(differing)}"
+
+
+# glibc chooses its libm variants (FMA or SSE2 exp, sin, cos) from these CPU features at load time; masking them
+# makes this machine load what a pre-AVX2 machine loads.
+PRE_AVX2_LIBM = "glibc.cpu.hwcaps=-AVX2,-FMA,-AVX512F"
+
+
+@needs_gcc_on_x86_64
+def test_kernel_bits_do_not_depend_on_the_cpus_libm(driver_builds):
+    """The kernels call no libm function whose result depends on the CPU: the baseline build gives the same bits
+    with glibc's variants for this CPU and with those a pre-AVX2 CPU gets."""
+    exe = driver_builds("x86-64")
+    masked = run_driver(exe, "serial", env=dict(os.environ, GLIBC_TUNABLES=PRE_AVX2_LIBM))
+    assert hash_table(masked) == hash_table(run_driver(exe, "serial"))
+
+
+@needs_gcc_on_x86_64
+def test_kernel_bits_do_not_depend_on_the_row_split(driver_builds):
+    """3 threads over the glue's parallel_rows split give the bits of one call over all rows."""
+    exe = driver_builds("dispatch")
+    assert hash_table(run_driver(exe, "threads")) == hash_table(run_driver(exe, "serial"))
+
+
+@needs_gcc_on_x86_64
+def test_kernels_run_clean_under_thread_sanitizer(tmp_path):
+    """Each kernel from 3 threads over disjoint row ranges / row blocks, as the glue runs them: no data race.
+
+    Built without target_clones: their ifunc resolvers run while the loader relocates the program, before the
+    ThreadSanitizer runtime is up, and crash when instrumented. The clones differ in instructions only, not in
+    which memory each thread touches."""
+    tsan = ["-fsanitize=thread", "-g", "-DTPT_NO_MULTIVERSION"]
+    if run_probe("int main(void) { return 0; }", tsan) != 0:
+        pytest.skip("gcc cannot build and run -fsanitize=thread programs here")
+    exe = compile_driver(tmp_path, "kernel_hashes_tsan", tsan)
+    env = dict(os.environ, TSAN_OPTIONS="halt_on_error=1 exitcode=66")
+    result = subprocess.run([exe, "threads"], capture_output=True, text=True, env=env, timeout=600)
+    assert "ThreadSanitizer" not in result.stderr, result.stderr[-8000:]
+    assert result.returncode == 0, result.stderr[-4000:]
+
+
+@needs_gcc_on_x86_64
+def test_trig_is_accurate_and_gives_the_same_bits_on_every_cpu(tmp_path):
+    """csrc/cpu/trig.h's sin/cos: within 1 ulp in float64, correctly rounded in float32 (trig_check exits 1
+    otherwise), and the same bits at every x86-64 level this CPU runs (glibc's float64 sin/cos/exp are not)."""
+    outputs = {}
+    for level in [level for level in LEVELS if level == "x86-64" or cpu_supports(level)]:
+        exe = str(tmp_path / f"trig_check_{level}")
+        cmd = [GCC, *project_c_flags(), f"-march={level}", f"-I{ROOT / 'csrc' / 'cpu'}",
+               str(ROOT / "tests" / "c" / "trig_check.c"), "-o", exe, "-lm"]
+        build = subprocess.run(cmd, capture_output=True, text=True)
+        assert build.returncode == 0, build.stderr
+        run = subprocess.run([exe], capture_output=True, text=True, timeout=600)
+        assert run.returncode == 0, f"{level}: {run.stdout}{run.stderr}"
+        outputs[level] = run.stdout
+    assert len(set(outputs.values())) == 1, outputs

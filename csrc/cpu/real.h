@@ -3,7 +3,7 @@
  * Each family's .c includes its .inc twice, once with TPT_PRECISION 32 (for
  * float32, bfloat16 and float16 storage) and once with TPT_PRECISION 64 (for
  * float64). The .inc includes this header first, which (re)defines `real`,
- * the SFX() name suffix, row helpers and SIGMOID (vectorisable in float32) for
+ * the SFX() name suffix, row helpers and SIGMOID (plain arithmetic, the same bits on every CPU) for
  * that precision. One kernel
  * source, two precisions, no copies. No include guard on purpose. */
 #include "common.h"
@@ -28,7 +28,7 @@
 #define ROW_IN tpt_row_in_f64
 #define ROW_BUF tpt_row_buf_f64
 #define ROW_OUT tpt_row_out_f64
-#define SIGMOID(x) (1 / (1 + exp(-(x))))
+#define SIGMOID tpt_sigmoid_f64
 #else
 #error "define TPT_PRECISION as 32 or 64 before including real.h"
 #endif

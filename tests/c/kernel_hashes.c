@@ -1,0 +1,407 @@
+/* Runs every kernel family's forward and backward on fixed pseudo-random
+ * inputs, for float32, float64, bfloat16 and float16 storage, and prints one
+ * line "<kernel> <dtype> <hash of the output bits>" per kernel call.
+ *
+ *   kernel_hashes serial    each kernel over all its rows in one call
+ *   kernel_hashes threads   each kernel from 3 pthreads over the disjoint row
+ *                           ranges (or 128-row blocks) that the torch glue's
+ *                           parallel_rows gives them, the status of every
+ *                           task collected as the glue collects it
+ *
+ * Both modes print the same hashes. tests/test_build.py compiles this file
+ * with the kernels once per x86-64 level and compares the hashes (the bits do
+ * not depend on the CPU), compares the two modes (nor on the split of the
+ * rows), and runs the threads mode under ThreadSanitizer.
+ *
+ * Sizes: 300 rows = two full 128-row blocks and a partial one; row widths
+ * that are not multiples of any vector width, so every loop runs its tail. */
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "block.h"
+#include "horn.h"
+#include "norm.h"
+#include "rope.h"
+#include "rotate.h"
+#include "swiglu.h"
+
+enum { M = 300, N_PHASES = 3, P = 70, D = N_PHASES * P, T = 100, OFFSET = 3, VOCAB = 50, F = 77 };
+enum { ROPE_B = 2, ROPE_T = M / ROPE_B, ROPE_H = 4, ROPE_HKV = 2, ROPE_HD = 38 };
+enum { ROPE_W = (ROPE_H + 2 * ROPE_HKV) * ROPE_HD };
+enum { N_THREADS = 3 };
+static const double EPS = 1e-6;
+
+/* ---- deterministic inputs ---- */
+
+static uint64_t rng_state;
+
+static double uniform(double lo, double hi) {
+    rng_state ^= rng_state << 13;
+    rng_state ^= rng_state >> 7;
+    rng_state ^= rng_state << 17;
+    return lo + (hi - lo) * ((double)(rng_state >> 11) / 9007199254740992.0);
+}
+
+static void* checked_malloc(size_t bytes) {
+    void* p = malloc(bytes ? bytes : 1);
+    if (!p) {
+        fprintf(stderr, "kernel_hashes: out of memory\n");
+        exit(2);
+    }
+    return p;
+}
+
+/* n elements of storage dtype dt, uniform in [lo, hi) */
+static void* storage_array(tpt_dtype dt, int64_t n, double lo, double hi) {
+    char* p = checked_malloc((size_t)(n * tpt_dtype_size(dt)));
+    for (int64_t i = 0; i < n; i++) {
+        const double v = uniform(lo, hi);
+        if (dt == TPT_FLOAT64) ((double*)p)[i] = v;
+        else if (dt == TPT_FLOAT32) ((float*)p)[i] = (float)v;
+        else if (dt == TPT_BFLOAT16) ((uint16_t*)p)[i] = tpt_float_to_bf16((float)v);
+        else ((uint16_t*)p)[i] = tpt_float_to_f16((float)v);
+    }
+    return p;
+}
+
+/* the compute precision of storage dtype dt (what parameters are kept in) */
+static tpt_dtype compute_dtype(tpt_dtype dt) { return dt == TPT_FLOAT64 ? TPT_FLOAT64 : TPT_FLOAT32; }
+
+static void* param_array(tpt_dtype dt, int64_t n, double lo, double hi) {
+    return storage_array(compute_dtype(dt), n, lo, hi);
+}
+
+static void* zeros(tpt_dtype dt, int64_t n) {
+    void* p = checked_malloc((size_t)(n * tpt_dtype_size(dt)));
+    memset(p, 0, (size_t)(n * tpt_dtype_size(dt)));
+    return p;
+}
+
+/* ---- one dtype's inputs and outputs ---- */
+
+typedef struct {
+    tpt_dtype dt, ct; /* storage and compute dtypes */
+    /* norm */
+    void *norm_x, *norm_w, *norm_y, *norm_rstd, *norm_dy, *norm_dx, *norm_dw_partials, *norm_dw;
+    /* rotate */
+    void *rot_x, *rot_theta, *rot_y, *rot_dy, *rot_dx, *rot_dth_partials, *rot_dth;
+    /* horn */
+    void *horn_x, *horn_y, *horn_dy, *horn_dx, *emb_table, *emb_y, *emb_dy, *emb_dtable;
+    int64_t *emb_ids, *emb_order, *emb_offsets;
+    /* block: h float-or-dt, a in a second dtype (autocast: bfloat16 branch on a float32 stream) */
+    tpt_dtype blk_dt_a;
+    void *blk_h, *blk_a, *blk_theta, *blk_w, *blk_h_new, *blk_normed, *blk_rstd;
+    void *blk_dh_new, *blk_dnormed, *blk_dsum, *blk_dth_partials, *blk_dw_partials, *blk_dth, *blk_dw;
+    /* swiglu */
+    void *sw_gu, *sw_h, *sw_dh, *sw_dgu, *sw_dgu_inplace;
+    /* rope */
+    void *rope_qkv, *rope_cos, *rope_sin, *rope_q, *rope_k, *rope_v, *rope_dq, *rope_dk, *rope_dv, *rope_dqkv;
+} Case;
+
+static Case make_case(tpt_dtype dt) {
+    Case c;
+    memset(&c, 0, sizeof c);
+    c.dt = dt;
+    c.ct = compute_dtype(dt);
+    const int64_t nb = tpt_num_row_blocks(M);
+    c.norm_x = storage_array(dt, M * D, -2, 2);
+    c.norm_w = param_array(dt, D, 0.5, 1.5);
+    c.norm_y = zeros(dt, M * D);
+    c.norm_rstd = zeros(c.ct, M * N_PHASES);
+    c.norm_dy = storage_array(dt, M * D, -1, 1);
+    c.norm_dx = zeros(dt, M * D);
+    c.norm_dw_partials = zeros(c.ct, nb * D);
+    c.norm_dw = zeros(c.ct, D);
+
+    c.rot_x = storage_array(dt, M * D, -2, 2);
+    c.rot_theta = param_array(dt, P / 2, -3.2, 3.2);
+    c.rot_y = zeros(dt, M * D);
+    c.rot_dy = storage_array(dt, M * D, -1, 1);
+    c.rot_dx = zeros(dt, M * D);
+    c.rot_dth_partials = zeros(c.ct, nb * (P / 2));
+    c.rot_dth = zeros(c.ct, P / 2);
+
+    c.horn_x = storage_array(dt, M * D, -2, 2);
+    c.horn_y = zeros(dt, M * D);
+    c.horn_dy = storage_array(dt, M * D, -1, 1);
+    c.horn_dx = zeros(dt, M * D);
+    c.emb_table = storage_array(dt, VOCAB * D, -1, 1);
+    c.emb_ids = checked_malloc(M * sizeof(int64_t));
+    for (int64_t m = 0; m < M; m++) c.emb_ids[m] = (int64_t)uniform(0, VOCAB - 1); /* id VOCAB-1 never used */
+    c.emb_y = zeros(dt, M * D);
+    c.emb_dy = storage_array(dt, M * D, -1, 1);
+    c.emb_dtable = zeros(dt, VOCAB * D);
+    c.emb_order = checked_malloc(M * sizeof(int64_t));
+    c.emb_offsets = checked_malloc((VOCAB + 1) * sizeof(int64_t));
+
+    c.blk_dt_a = dt == TPT_FLOAT32 ? TPT_BFLOAT16 : dt;
+    c.blk_h = storage_array(dt, M * D, -2, 2);
+    c.blk_a = storage_array(c.blk_dt_a, M * D, -1, 1);
+    c.blk_theta = param_array(dt, P / 2, -3.2, 3.2);
+    c.blk_w = param_array(dt, D, 0.5, 1.5);
+    c.blk_h_new = zeros(dt, M * D);
+    c.blk_normed = zeros(dt, M * D);
+    c.blk_rstd = zeros(c.ct, M * N_PHASES);
+    c.blk_dh_new = storage_array(dt, M * D, -1, 1);
+    c.blk_dnormed = storage_array(dt, M * D, -1, 1);
+    c.blk_dsum = zeros(dt, M * D);
+    c.blk_dth_partials = zeros(c.ct, nb * (P / 2));
+    c.blk_dw_partials = zeros(c.ct, nb * D);
+    c.blk_dth = zeros(c.ct, P / 2);
+    c.blk_dw = zeros(c.ct, D);
+
+    /* gates over [-12, 12]: both signs and the saturating ends of the sigmoid */
+    c.sw_gu = storage_array(dt, M * 2 * F, -12, 12);
+    c.sw_h = zeros(dt, M * F);
+    c.sw_dh = storage_array(dt, M * F, -1, 1);
+    c.sw_dgu = zeros(dt, M * 2 * F);
+    c.sw_dgu_inplace = zeros(dt, M * 2 * F);
+
+    c.rope_qkv = storage_array(dt, M * ROPE_W, -2, 2);
+    c.rope_cos = param_array(dt, ROPE_T * ROPE_HD, -1, 1);
+    c.rope_sin = param_array(dt, ROPE_T * ROPE_HD, -1, 1);
+    c.rope_q = zeros(dt, M * ROPE_H * ROPE_HD);
+    c.rope_k = zeros(dt, M * ROPE_HKV * ROPE_HD);
+    c.rope_v = zeros(dt, M * ROPE_HKV * ROPE_HD);
+    c.rope_dq = storage_array(dt, M * ROPE_H * ROPE_HD, -1, 1);
+    c.rope_dk = storage_array(dt, M * ROPE_HKV * ROPE_HD, -1, 1);
+    c.rope_dv = storage_array(dt, M * ROPE_HKV * ROPE_HD, -1, 1);
+    c.rope_dqkv = zeros(dt, M * ROPE_W);
+    return c;
+}
+
+/* ---- the kernel calls ---- */
+
+typedef enum {
+    NORM_FORWARD, NORM_BACKWARD, ROTATE_FORWARD, ROTATE_BACKWARD, HORN_INJECT_FORWARD, HORN_INJECT_BACKWARD,
+    HORN_EMBEDDING_FORWARD, HORN_EMBEDDING_BACKWARD, ADD_ROTATE_NORM_FORWARD, ADD_ROTATE_NORM_BACKWARD,
+    ADD_NORM_FORWARD, ADD_NORM_BACKWARD, SWIGLU_FORWARD, SWIGLU_BACKWARD, SWIGLU_BACKWARD_INPLACE,
+    QKV_ROPE_FORWARD, QKV_ROPE_BACKWARD, N_KERNELS
+} Kernel;
+
+static const char* const KERNEL_NAMES[N_KERNELS] = {
+    "phase_rmsnorm_forward", "phase_rmsnorm_backward", "phase_rotate_forward", "phase_rotate_backward",
+    "horn_inject_forward", "horn_inject_backward", "horn_embedding_forward", "horn_embedding_backward",
+    "add_rotate_norm_forward", "add_rotate_norm_backward", "add_norm_forward", "add_norm_backward",
+    "swiglu_forward", "swiglu_backward", "swiglu_backward_inplace", "qkv_rope_forward", "qkv_rope_backward"};
+
+/* Calls the float64 or the float32 kernel; parameters are void* here and
+ * convert to either kernel's real*. */
+#define CALL(c, name, ...) ((c)->dt == TPT_FLOAT64 ? name##_f64(__VA_ARGS__) : name##_f32(__VA_ARGS__))
+
+static int is_block_kernel(Kernel k) {
+    return k == NORM_BACKWARD || k == ROTATE_BACKWARD || k == ADD_ROTATE_NORM_BACKWARD || k == ADD_NORM_BACKWARD;
+}
+
+/* How many items (rows, row blocks or vocabulary rows) the glue splits. */
+static int64_t extent(Kernel k) {
+    if (is_block_kernel(k)) return tpt_num_row_blocks(M);
+    return k == HORN_EMBEDDING_BACKWARD ? VOCAB : M;
+}
+
+/* The glue's grain: about 64 KiB of row data a task for row kernels, one block a task for block kernels. */
+static int64_t grain(Kernel k) {
+    if (is_block_kernel(k)) return 1;
+    const int64_t width = k == QKV_ROPE_FORWARD || k == QKV_ROPE_BACKWARD ? ROPE_W
+                          : k == SWIGLU_FORWARD || k == SWIGLU_BACKWARD || k == SWIGLU_BACKWARD_INPLACE ? 2 * F
+                                                                                                         : D;
+    return 16384 / width > 1 ? 16384 / width : 1;
+}
+
+/* [B, heads, T, hd] strides; dq is read as [B, T, heads, hd] memory, as attention backwards return it. */
+static tpt_head_strides head_major(int64_t heads) {
+    tpt_head_strides s = {heads * ROPE_T * ROPE_HD, ROPE_T * ROPE_HD, ROPE_HD};
+    return s;
+}
+static tpt_head_strides time_major(int64_t heads) {
+    tpt_head_strides s = {ROPE_T * heads * ROPE_HD, ROPE_HD, heads * ROPE_HD};
+    return s;
+}
+
+/* Items [begin, end) of kernel k. */
+static int run_range(Case* c, Kernel k, int64_t begin, int64_t end) {
+    const tpt_dtype dt = c->dt;
+    switch (k) {
+    case NORM_FORWARD:
+        return CALL(c, phase_rmsnorm_forward, c->norm_y, c->norm_rstd, c->norm_x, c->norm_w, dt, begin, end, D,
+                    N_PHASES, EPS);
+    case NORM_BACKWARD:
+        return CALL(c, phase_rmsnorm_backward, c->norm_dx, c->norm_dw_partials, c->norm_dy, c->norm_x, c->norm_w,
+                    c->norm_rstd, dt, begin, end, M, D, N_PHASES);
+    case ROTATE_FORWARD:
+        return CALL(c, phase_rotate_forward, c->rot_y, c->rot_x, c->rot_theta, dt, begin, end, D, N_PHASES);
+    case ROTATE_BACKWARD:
+        return CALL(c, phase_rotate_backward, c->rot_dx, c->rot_dth_partials, c->rot_dy, c->rot_y, c->rot_theta, dt,
+                    begin, end, M, D, N_PHASES);
+    case HORN_INJECT_FORWARD:
+        return CALL(c, horn_inject_forward, c->horn_y, c->horn_x, dt, begin, end, T, D, OFFSET);
+    case HORN_INJECT_BACKWARD:
+        return CALL(c, horn_inject_backward, c->horn_dx, c->horn_dy, dt, begin, end, D);
+    case HORN_EMBEDDING_FORWARD:
+        return CALL(c, horn_embedding_forward, c->emb_y, c->emb_ids, c->emb_table, dt, begin, end, T, D, OFFSET);
+    case HORN_EMBEDDING_BACKWARD:
+        return CALL(c, horn_embedding_backward, c->emb_dtable, c->emb_dy, c->emb_order, c->emb_offsets, dt, begin,
+                    end, D);
+    case ADD_ROTATE_NORM_FORWARD:
+    case ADD_NORM_FORWARD:
+        return CALL(c, add_rotate_norm_forward, c->blk_h_new, c->blk_normed, c->blk_rstd, c->blk_h, dt, c->blk_a,
+                    c->blk_dt_a, k == ADD_NORM_FORWARD ? NULL : c->blk_theta, c->blk_w, begin, end, D, N_PHASES,
+                    EPS);
+    case ADD_ROTATE_NORM_BACKWARD:
+    case ADD_NORM_BACKWARD:
+        return CALL(c, add_rotate_norm_backward, c->blk_dsum, c->blk_dth_partials, c->blk_dw_partials,
+                    c->blk_dh_new, c->blk_dnormed, c->blk_h_new, k == ADD_NORM_BACKWARD ? NULL : c->blk_theta,
+                    c->blk_w, c->blk_rstd, dt, begin, end, M, D, N_PHASES);
+    case SWIGLU_FORWARD:
+        return CALL(c, swiglu_forward, c->sw_h, c->sw_gu, dt, begin, end, F);
+    case SWIGLU_BACKWARD:
+        return CALL(c, swiglu_backward, c->sw_dgu, c->sw_dh, c->sw_gu, dt, begin, end, F);
+    case SWIGLU_BACKWARD_INPLACE:
+        return CALL(c, swiglu_backward, c->sw_dgu_inplace, c->sw_dh, c->sw_dgu_inplace, dt, begin, end, F);
+    case QKV_ROPE_FORWARD:
+        return CALL(c, qkv_rope_forward, c->rope_q, c->rope_k, c->rope_v, c->rope_qkv, c->rope_cos, c->rope_sin, dt,
+                    begin, end, ROPE_T, ROPE_H, ROPE_HKV, ROPE_HD);
+    case QKV_ROPE_BACKWARD:
+        return CALL(c, qkv_rope_backward, c->rope_dqkv, c->rope_dq, time_major(ROPE_H), c->rope_dk,
+                    head_major(ROPE_HKV), c->rope_dv, head_major(ROPE_HKV), c->rope_cos, c->rope_sin, dt, begin, end,
+                    ROPE_T, ROPE_H, ROPE_HKV, ROPE_HD);
+    default:
+        return -1;
+    }
+}
+
+/* What the glue does on one thread before a kernel (horn_embedding_group) or
+ * after it (the fixed-order sum of the row-block partials). */
+static void before(Case* c, Kernel k) {
+    if (k == HORN_EMBEDDING_BACKWARD) horn_embedding_group(c->emb_order, c->emb_offsets, c->emb_ids, M, VOCAB);
+    if (k == SWIGLU_BACKWARD_INPLACE)
+        memcpy(c->sw_dgu_inplace, c->sw_gu, (size_t)(M * 2 * F * tpt_dtype_size(c->dt)));
+}
+
+static void sum_partials(Case* c, void* out, const void* partials, int64_t n) {
+    const int64_t nb = tpt_num_row_blocks(M);
+    if (c->ct == TPT_FLOAT64) tpt_sum_partials_f64(out, partials, nb, n, 0, n);
+    else tpt_sum_partials_f32(out, partials, nb, n, 0, n);
+}
+
+static void after(Case* c, Kernel k) {
+    if (k == NORM_BACKWARD) sum_partials(c, c->norm_dw, c->norm_dw_partials, D);
+    if (k == ROTATE_BACKWARD) sum_partials(c, c->rot_dth, c->rot_dth_partials, P / 2);
+    if (k == ADD_ROTATE_NORM_BACKWARD || k == ADD_NORM_BACKWARD) {
+        sum_partials(c, c->blk_dw, c->blk_dw_partials, D);
+        if (k == ADD_ROTATE_NORM_BACKWARD) sum_partials(c, c->blk_dth, c->blk_dth_partials, P / 2);
+    }
+}
+
+/* ---- hashing the outputs ---- */
+
+static uint64_t fnv1a(uint64_t h, const void* p, int64_t n_elements, tpt_dtype dt) {
+    const unsigned char* b = p;
+    for (int64_t i = 0; i < n_elements * tpt_dtype_size(dt); i++) h = (h ^ b[i]) * 0x100000001b3ull;
+    return h;
+}
+
+static uint64_t output_hash(const Case* c, Kernel k) {
+    const tpt_dtype dt = c->dt, ct = c->ct;
+    uint64_t h = 0xcbf29ce484222325ull;
+    switch (k) {
+    case NORM_FORWARD: h = fnv1a(h, c->norm_y, M * D, dt); return fnv1a(h, c->norm_rstd, M * N_PHASES, ct);
+    case NORM_BACKWARD: h = fnv1a(h, c->norm_dx, M * D, dt); return fnv1a(h, c->norm_dw, D, ct);
+    case ROTATE_FORWARD: return fnv1a(h, c->rot_y, M * D, dt);
+    case ROTATE_BACKWARD: h = fnv1a(h, c->rot_dx, M * D, dt); return fnv1a(h, c->rot_dth, P / 2, ct);
+    case HORN_INJECT_FORWARD: return fnv1a(h, c->horn_y, M * D, dt);
+    case HORN_INJECT_BACKWARD: return fnv1a(h, c->horn_dx, M * D, dt);
+    case HORN_EMBEDDING_FORWARD: return fnv1a(h, c->emb_y, M * D, dt);
+    case HORN_EMBEDDING_BACKWARD: return fnv1a(h, c->emb_dtable, VOCAB * D, dt);
+    case ADD_ROTATE_NORM_FORWARD:
+    case ADD_NORM_FORWARD:
+        h = fnv1a(h, c->blk_h_new, M * D, dt);
+        h = fnv1a(h, c->blk_normed, M * D, dt);
+        return fnv1a(h, c->blk_rstd, M * N_PHASES, ct);
+    case ADD_ROTATE_NORM_BACKWARD:
+        h = fnv1a(h, c->blk_dsum, M * D, dt);
+        h = fnv1a(h, c->blk_dw, D, ct);
+        return fnv1a(h, c->blk_dth, P / 2, ct);
+    case ADD_NORM_BACKWARD: h = fnv1a(h, c->blk_dsum, M * D, dt); return fnv1a(h, c->blk_dw, D, ct);
+    case SWIGLU_FORWARD: return fnv1a(h, c->sw_h, M * F, dt);
+    case SWIGLU_BACKWARD: return fnv1a(h, c->sw_dgu, M * 2 * F, dt);
+    case SWIGLU_BACKWARD_INPLACE: return fnv1a(h, c->sw_dgu_inplace, M * 2 * F, dt);
+    case QKV_ROPE_FORWARD:
+        h = fnv1a(h, c->rope_q, M * ROPE_H * ROPE_HD, dt);
+        h = fnv1a(h, c->rope_k, M * ROPE_HKV * ROPE_HD, dt);
+        return fnv1a(h, c->rope_v, M * ROPE_HKV * ROPE_HD, dt);
+    case QKV_ROPE_BACKWARD: return fnv1a(h, c->rope_dqkv, M * ROPE_W, dt);
+    default: return 0;
+    }
+}
+
+/* ---- the glue's parallel_rows, on pthreads ---- */
+
+typedef struct {
+    Case* c;
+    Kernel k;
+    int64_t begin, end;
+    atomic_int* status; /* the first failure of any task, TPT_OK if none */
+} Task;
+
+static void* run_task(void* arg) {
+    Task* t = arg;
+    const int s = run_range(t->c, t->k, t->begin, t->end);
+    int expected = TPT_OK;
+    if (s != TPT_OK) atomic_compare_exchange_strong(t->status, &expected, s);
+    return NULL;
+}
+
+/* torch's parallel_for split of [0, n): min(threads, ceil(n / grain)) tasks of ceil(n / tasks) items. */
+static int parallel_rows(Case* c, Kernel k) {
+    const int64_t n = extent(k), g = grain(k);
+    const int64_t max_tasks = (n + g - 1) / g;
+    const int64_t tasks = max_tasks < N_THREADS ? max_tasks : N_THREADS;
+    const int64_t chunk = (n + tasks - 1) / tasks;
+    atomic_int status = TPT_OK;
+    pthread_t threads[N_THREADS];
+    Task task[N_THREADS];
+    int64_t started = 0;
+    for (int64_t i = 0; i < tasks && i * chunk < n; i++, started++) {
+        task[i] = (Task){c, k, i * chunk, (i + 1) * chunk < n ? (i + 1) * chunk : n, &status};
+        if (pthread_create(&threads[i], NULL, run_task, &task[i]) != 0) {
+            fprintf(stderr, "kernel_hashes: pthread_create failed\n");
+            exit(2);
+        }
+    }
+    for (int64_t i = 0; i < started; i++) pthread_join(threads[i], NULL);
+    return atomic_load(&status);
+}
+
+static const char* dtype_name(tpt_dtype dt) {
+    return dt == TPT_FLOAT32 ? "float32" : dt == TPT_FLOAT64 ? "float64" : dt == TPT_BFLOAT16 ? "bfloat16" : "float16";
+}
+
+int main(int argc, char** argv) {
+    const int threaded = argc == 2 && strcmp(argv[1], "threads") == 0;
+    if (argc != 2 || (!threaded && strcmp(argv[1], "serial") != 0)) {
+        fprintf(stderr, "usage: %s serial|threads\n", argv[0]);
+        return 2;
+    }
+    const tpt_dtype dtypes[] = {TPT_FLOAT32, TPT_FLOAT64, TPT_BFLOAT16, TPT_FLOAT16};
+    int failures = 0;
+    for (int d = 0; d < 4; d++) {
+        rng_state = 0x9e3779b97f4a7c15ull + (uint64_t)d;
+        Case c = make_case(dtypes[d]);
+        /* in enum order: every backward runs after the forward whose outputs it reads */
+        for (Kernel k = 0; k < N_KERNELS; k++) {
+            before(&c, k);
+            const int status = threaded ? parallel_rows(&c, k) : run_range(&c, k, 0, extent(k));
+            after(&c, k);
+            if (status != TPT_OK) {
+                fprintf(stderr, "%s %s: status %d\n", KERNEL_NAMES[k], dtype_name(c.dt), status);
+                failures++;
+            }
+            printf("%s %s %016llx\n", KERNEL_NAMES[k], dtype_name(c.dt), (unsigned long long)output_hash(&c, k));
+        }
+    }
+    return failures ? 1 : 0;
+}
