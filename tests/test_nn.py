@@ -237,35 +237,75 @@ def test_swiglu():
 
 # ------------------------------------------------------------------ block
 
-def literal_block(block, h, rope):
-    """The reference block, written out: h += attn(norm1(h)); h = rotate(h); h += ffn(norm2(h))."""
-    r = reference
-    n1, n2, rot = block.norm1, block.norm2, block.rotation
-    h = h + block.attn(r.phase_rmsnorm(h, n1.weight, n1.n_phases, n1.eps), *rope)
+def literal_block(block, h, cos, sin_signed):
+    """The reference block written out in plain PyTorch from the block's parameters, no tpt_ops code:
+    h += attn(norm1(h)) (projections, rotate-half RoPE, explicit causal softmax over repeated KV heads);
+    h = rotate(h) (Givens pairs by theta + i*2pi/N); h += ffn(norm2(h)) (SwiGLU)."""
+    attn, ffn, rot = block.attn, block.ffn, block.rotation
+    B, T, _ = h.shape
+    H, Hkv, hd = attn.n_q_heads, attn.n_kv_heads, attn.head_dim
+    sin = sin_signed[:, hd // 2:].repeat(1, 2)
+
+    def rope(t):  # [B, heads, T, hd]
+        return t * cos + torch.cat((-t[..., hd // 2:], t[..., :hd // 2]), -1) * sin
+
+    def heads(t, n):
+        return t.view(B, T, n, hd).transpose(1, 2)
+
+    x = plain_phase_rmsnorm(h, block.norm1)
+    wq, wk, wv = attn.qkv.weight.split([H * hd, Hkv * hd, Hkv * hd])
+    q = rope(heads(x @ wq.T, H))
+    k = rope(heads(x @ wk.T, Hkv)).repeat_interleave(H // Hkv, 1)
+    v = heads(x @ wv.T, Hkv).repeat_interleave(H // Hkv, 1)
+    scores = (q @ k.transpose(-1, -2) / math.sqrt(hd)).masked_fill(torch.ones(T, T, dtype=torch.bool).triu(1),
+                                                                   float("-inf"))
+    h = h + (scores.softmax(-1) @ v).transpose(1, 2).reshape(B, T, H * hd) @ attn.o.weight.T
     if rot is not None:
-        h = r.phase_rotate(h, rot.theta, rot.n_phases)
-    return h + block.ffn(r.phase_rmsnorm(h, n2.weight, n2.n_phases, n2.eps))
+        n = rot.n_phases
+        phi = rot.theta + torch.arange(n, dtype=h.dtype)[:, None] * (2 * math.pi / n)
+        pairs = h.unflatten(-1, (n, -1, 2))
+        a, b = pairs[..., 0], pairs[..., 1]
+        h = torch.stack((a * phi.cos() - b * phi.sin(), a * phi.sin() + b * phi.cos()), -1).flatten(-3)
+    x = plain_phase_rmsnorm(h, block.norm2)
+    wg, wu = ffn.gate_up.weight.split(ffn.d_ff)
+    return h + (F.silu(x @ wg.T) * (x @ wu.T)) @ ffn.down.weight.T
+
+
+def plain_phase_rmsnorm(x, norm):
+    xs = x.unflatten(-1, (norm.n_phases, -1))
+    return (xs * torch.rsqrt(xs.pow(2).mean(-1, keepdim=True) + norm.eps)).flatten(-2) * norm.weight
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("use_rotation,use_phase_norm", [(True, True), (False, True), (False, False), (True, False)])
 def test_block_chain_matches_literal_block(backend, use_rotation, use_phase_norm):
+    """Outputs and every gradient (h and all parameters) against the literal block, in float64,
+    where both sides are exact to about 1e-15 relative."""
     torch.manual_seed(0)
     block = ThreePhaseBlock(48, 6, 3, 64, n_phases=3, layer_idx=1, n_layers=2, use_rotation=use_rotation,
-                            use_phase_norm=use_phase_norm, backend=backend)
+                            use_phase_norm=use_phase_norm, backend=backend, dtype=torch.float64)
     assert (block.rotation is None) != use_rotation
     assert block.norm1.n_phases == (3 if use_phase_norm else 1)
     randomize(block)
-    next_norm = randomize(PhaseRMSNorm(48, block.norm1.n_phases, backend=backend), seed=9)
-    rope = RotaryEmbedding(8, 16)(0, 6)
-    h = torch.randn(2, 6, 48, generator=gen(10))
-    expected = literal_block(block, h, rope)
-    out, normed = block(h, *rope, normed=None, next_norm=next_norm)
-    torch.testing.assert_close(out, expected, **TOL)
-    torch.testing.assert_close(normed, next_norm(expected), **TOL)
-    out2, none = block(h, *rope)
+    next_norm = randomize(PhaseRMSNorm(48, block.norm1.n_phases, backend=backend, dtype=torch.float64), seed=9)
+    cos, sin_signed = (t.double() for t in RotaryEmbedding(8, 16)(0, 6))
+    h = torch.randn(2, 6, 48, generator=gen(10), dtype=torch.float64, requires_grad=True)
+    params = [h, *block.parameters(), next_norm.weight]
+    expected = literal_block(block, h, cos, sin_signed)
+    expected_normed = plain_phase_rmsnorm(expected, next_norm)
+    out, normed = block(h, cos, sin_signed, normed=None, next_norm=next_norm)
+    exact = dict(rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(out, expected, **exact)
+    torch.testing.assert_close(normed, expected_normed, **exact)
+    g_out, g_normed = torch.randn(2, 2, 6, 48, generator=gen(11), dtype=torch.float64)
+    actual_grads = torch.autograd.grad((out, normed), params, (g_out, g_normed))
+    expected_grads = torch.autograd.grad((expected, expected_normed), params, (g_out, g_normed))
+    for (name, _), a, e in zip([("h", h), *block.named_parameters(), ("next_norm.weight", None)],
+                               actual_grads, expected_grads, strict=True):
+        torch.testing.assert_close(a, e, **exact, msg=lambda m, name=name: f"d{name}: {m}")
+    out2, none = block(h, cos, sin_signed)
     assert none is None
-    torch.testing.assert_close(out2, expected, **TOL)
+    torch.testing.assert_close(out2, expected, **exact)
 
 
 def test_block_reset_and_repr():

@@ -1,11 +1,12 @@
-"""phase_rmsnorm: the C kernel against the plain-PyTorch reference (SPEC 1a)."""
+"""phase_rmsnorm: the C kernel against the plain-PyTorch reference (docs/ops/norm.md)."""
 import numpy as np
 import pytest
 import torch
 
 import tpt_ops
 from tpt_ops import reference
-from helpers import DTYPES, assert_close, assert_rejected, grads, num_threads, assert_compile_matches_eager
+from helpers import (DTYPES, assert_close, assert_close_to_exact, assert_compile_matches_eager, assert_rejected,
+                     exact_grads, grads, num_threads, output_grads)
 
 op = torch.ops.tpt.phase_rmsnorm.default
 
@@ -21,6 +22,31 @@ SHAPES = [  # (x shape, n_phases)
 ]
 
 
+def magnitudes(x, w, dy, n, eps=1e-6):
+    """Per element, the size of the terms summed into dx and dw (assert_close_to_exact's scale), float64.
+
+    docs/ops/norm.md: dx_i = r_i (g_i - x_i r_i^2 mean(g_i x_i)) with g = dy w, a few
+    terms: the sum of their magnitudes; dw = sum over rows of dy x r: the
+    root of the sum of the squares."""
+    xs = x.detach().double().unflatten(-1, (n, -1))
+    gs = (dy * w.detach().double()).unflatten(-1, (n, -1))
+    r = torch.rsqrt(xs.pow(2).mean(-1, keepdim=True) + eps)
+    dx = (r * gs.abs() + r.pow(3) * xs.abs() * (gs * xs).abs().mean(-1, keepdim=True)).flatten(-2)
+    dw = (dy * (xs * r).flatten(-2)).reshape(-1, x.shape[-1]).pow(2).sum(0).sqrt()
+    return dx, dw
+
+
+def check_parity(x, w, n):
+    """Output and gradients against the float64 reference of the same inputs, element by element."""
+    y, (dx, dw) = grads(lambda x, w: tpt_ops.phase_rmsnorm(x, w, n), (x, w))
+    y_ref, (dx_ref, dw_ref) = exact_grads(lambda x, w: reference.phase_rmsnorm(x, w, n), (x, w), y)
+    assert y.dtype == x.dtype and dx.dtype == x.dtype and dw.dtype == w.dtype
+    dx_scale, dw_scale = magnitudes(x, w, output_grads(y)[0], n)
+    assert_close_to_exact(y, y_ref, name="y")
+    assert_close_to_exact(dx, dx_ref, dx_scale, name="dx")
+    assert_close_to_exact(dw, dw_ref, dw_scale, name="dweight")
+
+
 def make(shape, dtype, seed=0, param_dtype=None):
     gen = torch.Generator().manual_seed(seed)
     x = (torch.randn(shape, generator=gen) * 2 + 0.5).to(dtype).requires_grad_()
@@ -31,29 +57,14 @@ def make(shape, dtype, seed=0, param_dtype=None):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape,n", SHAPES)
 def test_parity_forward_backward(shape, n, dtype):
-    x, w = make(shape, dtype)
-    y, (dx, dw) = grads(lambda x, w: tpt_ops.phase_rmsnorm(x, w, n), (x, w))
-    y_ref, (dx_ref, dw_ref) = grads(lambda x, w: reference.phase_rmsnorm(x, w, n), (x, w))
-    assert_close(y, y_ref)
-    assert_close(dx, dx_ref)
-    # dweight sums over all rows: low-precision rounding of dy*x grows with M
-    rtol = {torch.bfloat16: 5e-2, torch.float16: 5e-3}.get(dtype)
-    if rtol:
-        torch.testing.assert_close(dw.float(), dw_ref.float(), rtol=rtol, atol=rtol * dw_ref.float().abs().max().item())
-    else:
-        assert_close(dw, dw_ref)
+    check_parity(*make(shape, dtype), n)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_mixed_precision_float32_weight(dtype):
     """Autocast-style: activations in low precision, the weight in float32."""
-    x, w = make((64, 48), dtype, param_dtype=torch.float32)
-    y, (dx, dw) = grads(lambda x, w: tpt_ops.phase_rmsnorm(x, w, 3), (x, w))
-    y_ref, (dx_ref, dw_ref) = grads(lambda x, w: reference.phase_rmsnorm(x, w, 3), (x, w))
-    assert y.dtype == dtype and dx.dtype == dtype and dw.dtype == torch.float32
-    assert_close(y, y_ref)
-    assert_close(dx, dx_ref)
-    torch.testing.assert_close(dw, dw_ref, rtol=1e-2, atol=1e-2)
+    # dweight is float32 from exact inputs (dy, x in the low precision, rstd float32): float32's tolerance
+    check_parity(*make((300, 48), dtype, param_dtype=torch.float32), 3)
 
 
 def test_non_contiguous():
@@ -78,12 +89,22 @@ def test_gradcheck(n):
     assert torch.autograd.gradcheck(lambda x, w: tpt_ops.phase_rmsnorm(x, w, n), (x, w))
 
 
+@pytest.mark.parametrize("n", [1, 3])
+def test_gradcheck_across_row_blocks_and_vector_tails(n):
+    """260 rows cross the 128-row blocks of the dweight reduction; a phase of
+    2*(16*2+3) = 70 channels runs the vector loops and a tail."""
+    x, w = make((2, 130, 70 * n), torch.float64)
+    assert torch.autograd.gradcheck(lambda x, w: tpt_ops.phase_rmsnorm(x, w, n), (x, w), fast_mode=True)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_opcheck(dtype):
     x, w = make((6, 24), dtype, param_dtype=torch.float32)
+    assert x.requires_grad and w.requires_grad  # else opcheck skips its autograd checks
     torch.library.opcheck(op, (x, w, 3, 1e-6))
     with torch.no_grad():
         rstd = torch.ops.tpt.phase_rmsnorm(x, w, 3, 1e-6)[1]
+    # the backward op has no autograd of its own: plain inputs
     torch.library.opcheck(torch.ops.tpt.phase_rmsnorm_backward.default,
                           (torch.randn_like(x).detach(), x.detach(), w.detach(), rstd.detach(), 3))
 
@@ -101,7 +122,7 @@ def test_compile_fullgraph():
 def test_bitwise_deterministic_across_runs_and_threads():
     x, w = make((1000, 384), torch.float32)
     runs = []
-    for threads in (1, 2, 2):
+    for threads in (1, 2, 3, 3):
         with num_threads(threads):
             y, (dx, dw) = grads(lambda x, w: tpt_ops.phase_rmsnorm(x, w, 3), (x, w))
         runs.append((y, dx, dw))
@@ -161,17 +182,49 @@ def test_bad_input_meta_device():
 
 def test_numpy_bad_input():
     x = np.zeros((4, 12), np.float32)
-    with pytest.raises(TypeError, match=r"tpt_ops.numpy.phase_rmsnorm_forward: argument 'x' must be float32 or float64"):
+    with pytest.raises(TypeError, match=r"tpt_ops.numpy.phase_rmsnorm_forward: argument 'x' has dtype int64; expected float32 or float64"):
         tpt_ops.numpy.phase_rmsnorm_forward(x.astype(np.int64), np.ones(12, np.float32), 3)
-    with pytest.raises(TypeError, match=r"argument 'weight' must be float32 or float64"):
+    with pytest.raises(TypeError, match=r"argument 'weight' has dtype int32; expected float32 or float64"):
         tpt_ops.numpy.phase_rmsnorm_forward(x, np.ones(12, np.int32), 3)
-    with pytest.raises(ValueError, match=r"argument 'weight' must have shape \(12,\)"):
+    with pytest.raises(ValueError, match=r"argument 'weight' must have shape \[12\], got \[11\]"):
         tpt_ops.numpy.phase_rmsnorm_forward(x, np.ones(11, np.float32), 3)
     with pytest.raises(ValueError, match=r"\(D=12\) is not divisible by n_phases=5"):
         tpt_ops.numpy.phase_rmsnorm_forward(x, np.ones(12, np.float32), 5)
     y, rstd = tpt_ops.numpy.phase_rmsnorm_forward(x, np.ones(12, np.float32), 3)
-    with pytest.raises(ValueError, match=r"argument 'dy' must have the shape of 'x'"):
+    with pytest.raises(ValueError, match=r"argument 'dy' has shape \[2, 12\]; expected the shape of x \[4, 12\]"):
         tpt_ops.numpy.phase_rmsnorm_backward(y[:2], x, np.ones(12, np.float32), rstd, 3)
+
+
+@pytest.mark.parametrize("eps", [0.0, -1e-6, float("nan"), float("inf")])
+def test_bad_eps(eps):
+    x, w = torch.randn(4, 12), torch.randn(12)
+    msg = rf"eps must be finite and > 0, got {eps:g}"
+    assert_rejected(lambda: tpt_ops.phase_rmsnorm(x, w, 3, eps), rf"tpt.phase_rmsnorm: {msg}")
+    with pytest.raises(ValueError, match=rf"tpt_ops.numpy.phase_rmsnorm_forward: {msg}"):
+        tpt_ops.numpy.phase_rmsnorm_forward(x.numpy(), w.numpy(), 3, eps)
+
+
+@pytest.mark.parametrize("dtype", [torch.int16, torch.uint8, torch.bool, torch.complex64, torch.float8_e4m3fn])
+def test_unsupported_dtype_is_named(dtype):
+    x, w = torch.randn(4, 12), torch.randn(12)
+    name = str(dtype).removeprefix("torch.")
+    assert_rejected(lambda: tpt_ops.phase_rmsnorm(x.to(dtype), w, 3),
+                    rf"tpt.phase_rmsnorm: argument 'x' has dtype {name}; expected float32, float64")
+    assert_rejected(lambda: tpt_ops.phase_rmsnorm(x, w.to(dtype), 3),
+                    rf"tpt.phase_rmsnorm: argument 'weight' has dtype {name}; expected float32, float64")
+
+
+def test_numpy_casts_parameters_to_the_input_precision():
+    x = np.random.default_rng(0).standard_normal((6, 12)).astype(np.float32)
+    w64 = np.linspace(0.5, 2, 12)
+    y, rstd = tpt_ops.numpy.phase_rmsnorm_forward(x, w64, 3)
+    y_ref, rstd_ref = tpt_ops.numpy.phase_rmsnorm_forward(x, w64.astype(np.float32), 3)
+    assert y.dtype == np.float32
+    np.testing.assert_array_equal(y, y_ref)
+    dx, dw = tpt_ops.numpy.phase_rmsnorm_backward(x.astype(np.float64), x, w64, rstd.astype(np.float64), 3)
+    dx_ref, dw_ref = tpt_ops.numpy.phase_rmsnorm_backward(x, x, w64.astype(np.float32), rstd, 3)
+    np.testing.assert_array_equal(dx, dx_ref)
+    np.testing.assert_array_equal(dw, dw_ref)
 
 
 def test_compile_non_contiguous():
@@ -179,3 +232,31 @@ def test_compile_non_contiguous():
     w = torch.randn(48, requires_grad=True)
     assert not x.is_contiguous()
     assert_compile_matches_eager(lambda x, w: tpt_ops.phase_rmsnorm(x, w, 3) * 2 + 1, (x, w))
+
+
+# ---- second derivatives: a differentiable composition under create_graph=True, the C kernel otherwise ----
+
+@pytest.mark.parametrize("n", [1, 3])
+def test_gradgradcheck(n):
+    """create_graph=True gradients (gradient penalty, HVP) are exact second derivatives, for x and weight."""
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(2, 3, 12, generator=gen, dtype=torch.float64).requires_grad_()
+    w = torch.randn(12, generator=gen, dtype=torch.float64).requires_grad_()
+    assert torch.autograd.gradgradcheck(lambda x, w: tpt_ops.phase_rmsnorm(x, w, n), (x, w))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_first_order_backward_is_the_c_kernel(dtype):
+    """Without create_graph the backward is torch.ops.tpt.phase_rmsnorm_backward, bit for bit, eager and
+    compiled (AOTAutograd traces the backward with grad mode off, so it keeps the kernel)."""
+    gen = torch.Generator().manual_seed(6)
+    x = torch.randn(4, 5, 24, generator=gen).to(dtype).requires_grad_()
+    w = torch.randn(24, generator=gen).requires_grad_()
+    dy = torch.randn(4, 5, 24, generator=gen).to(dtype)
+    y, rstd = torch.ops.tpt.phase_rmsnorm(x, w, 3, 1e-6)
+    dx, dw = torch.autograd.grad(y, (x, w), dy)
+    kernel_dx, kernel_dw = torch.ops.tpt.phase_rmsnorm_backward(dy, x.detach(), w.detach(), rstd.detach(), 3)
+    assert torch.equal(dx, kernel_dx) and torch.equal(dw, kernel_dw)
+    from helpers import compiled_backward_graph
+    graph = compiled_backward_graph(lambda x, w: tpt_ops.phase_rmsnorm(x, w, 3), (x, w))
+    assert "tpt.phase_rmsnorm_backward" in graph and "rsqrt" not in graph

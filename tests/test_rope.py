@@ -7,7 +7,8 @@ import tpt_ops
 from tpt_ops import reference
 from tpt_ops.nn import RotaryEmbedding
 from tpt_ops.nn.attention import apply_rotary_reference
-from helpers import DTYPES, assert_close, assert_rejected, grads, num_threads, assert_compile_matches_eager
+from helpers import (DTYPES, assert_close, assert_close_to_exact, assert_compile_matches_eager, assert_rejected,
+                     exact_grads, grads, num_threads, output_grads)
 
 op = torch.ops.tpt.qkv_rope.default
 op_backward = torch.ops.tpt.qkv_rope_backward.default
@@ -30,6 +31,17 @@ def table_dtype(dtype):
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+def magnitudes(x, cos, sin_signed, H, Hkv, douts):
+    """Per element, |x cos| + |x_partner sin| for q, k, v and the same sum of the
+    gradient's two terms for dqkv (assert_close_to_exact's scale), float64: the
+    op is linear in x, so it is the reference on absolute values."""
+    cos, sin_signed = cos.double().abs(), sin_signed.double().abs()
+    x = x.detach().double().abs().requires_grad_()
+    outs = reference.qkv_rope(x, cos, sin_signed, H, Hkv)
+    (dx,) = torch.autograd.grad(outs, x, [d.abs() for d in douts])
+    return [y.detach() for y in outs], dx
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", SHAPES)
 def test_parity_forward_backward(shape, dtype):
@@ -37,12 +49,13 @@ def test_parity_forward_backward(shape, dtype):
     x = make(*shape, dtype)
     cos, sin_signed = tables(T, hd, table_dtype(dtype), offset=3)
     out, (dx,) = grads(tpt_ops.qkv_rope, (x, cos, sin_signed, H, Hkv))
-    out_ref, (dx_ref,) = grads(reference.qkv_rope, (x, cos, sin_signed, H, Hkv))
-    for y, y_ref, heads in zip(out, out_ref, (H, Hkv, Hkv)):
+    out_ref, (dx_ref,) = exact_grads(reference.qkv_rope, (x, cos, sin_signed, H, Hkv), out)
+    out_scale, dx_scale = magnitudes(x, cos, sin_signed, H, Hkv, output_grads(out))
+    for y, y_ref, y_scale, heads, name in zip(out, out_ref, out_scale, (H, Hkv, Hkv), "qkv"):
         assert y.shape == (B, heads, T, hd) and y.dtype == dtype and y.is_contiguous()
-        assert_close(y, y_ref)
+        assert_close_to_exact(y, y_ref, y_scale, name=name)
     assert dx.shape == x.shape and dx.dtype == dtype
-    assert_close(dx, dx_ref)
+    assert_close_to_exact(dx, dx_ref, dx_scale, name="dqkv")
 
 
 def test_v_is_copied_exactly():
@@ -170,12 +183,23 @@ def test_gradcheck(shape):
     assert torch.autograd.gradcheck(lambda x: tpt_ops.qkv_rope(x, cos, sin_signed, H, Hkv), (x,))
 
 
+def test_gradcheck_across_row_blocks_and_vector_tails():
+    """2 x 130 tokens cross the 128-row blocks; head_dim = 2*(16*2+3) = 70 runs the vector loops and a tail."""
+    B, T, H, Hkv, hd = 2, 130, 2, 1, 70
+    x = make(B, T, H, Hkv, hd, torch.float64)
+    cos, sin_signed = tables(T, hd, torch.float64, offset=1)
+    assert torch.autograd.gradcheck(lambda x: tpt_ops.qkv_rope(x, cos, sin_signed, H, Hkv), (x,), fast_mode=True)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_opcheck(dtype):
     B, T, H, Hkv, hd = 2, 5, 4, 2, 8
     x = make(B, T, H, Hkv, hd, dtype)
-    cos, sin_signed = tables(T, hd)
+    cos, sin_signed = (t.requires_grad_() for t in tables(T, hd))  # else opcheck skips its autograd checks
+    assert x.requires_grad
     torch.library.opcheck(op, (x, cos, sin_signed, H, Hkv))
+    cos, sin_signed = cos.detach(), sin_signed.detach()
+    # the backward op has no autograd of its own: plain inputs
     gen = torch.Generator().manual_seed(1)
     dq, dk, dv = (torch.randn(B, n, T, hd, generator=gen).to(dtype) for n in (H, Hkv, Hkv))
     torch.library.opcheck(op_backward, (dq, dk, dv, cos, sin_signed, H, Hkv))
@@ -203,7 +227,7 @@ def test_bitwise_deterministic_across_runs_and_threads():
     x = make(4, 250, 6, 3, 64, torch.float32)
     cos, sin_signed = tables(250, 64)
     runs = []
-    for threads in (1, 2, 2):
+    for threads in (1, 2, 3, 3):
         with num_threads(threads):
             runs.append(grads(tpt_ops.qkv_rope, (x, cos, sin_signed, 6, 3)))
     for out, (dx,) in runs[1:]:
@@ -309,29 +333,38 @@ def test_numpy_bad_input():
     x = np.zeros((2, 5, 32), np.float32)
     cos, sin_signed = COS.numpy(), SIN.numpy()
     fwd, bwd = tpt_ops.numpy.qkv_rope_forward, tpt_ops.numpy.qkv_rope_backward
-    with pytest.raises(TypeError, match=r"tpt_ops.numpy.qkv_rope_forward: argument 'qkv' must be float32 or float64"):
+    with pytest.raises(TypeError, match=r"tpt_ops.numpy.qkv_rope_forward: argument 'qkv' has dtype int64; expected float32 or float64"):
         fwd(x.astype(np.int64), cos, sin_signed, 2, 1)
-    with pytest.raises(TypeError, match=r"argument 'cos' must be float32 or float64"):
+    with pytest.raises(TypeError, match=r"argument 'cos' has dtype int32; expected float32 or float64"):
         fwd(x, cos.astype(np.int32), sin_signed, 2, 1)
     with pytest.raises(ValueError, match=r"argument 'qkv' must be 3-d"):
         fwd(x[0], cos, sin_signed, 2, 1)
-    with pytest.raises(ValueError, match=r"n_q_heads and n_kv_heads must be >= 1"):
+    with pytest.raises(ValueError, match=r"argument 'n_kv_heads' must be >= 1, got 0"):
         fwd(x, cos, sin_signed, 2, 0)
     with pytest.raises(ValueError, match=r"the last dim of 'qkv' \(30\) is not divisible by n_q_heads \+ 2\*n_kv_heads = 4"):
         fwd(x[..., :30], cos, sin_signed, 2, 1)
     with pytest.raises(ValueError, match=r"head_dim \(7\) is odd"):
         fwd(x[..., :28], cos, sin_signed, 2, 1)
-    with pytest.raises(ValueError, match=r"argument 'sin_signed' must have shape \(T, head_dim\) = \(5, 8\)"):
+    with pytest.raises(ValueError, match=r"argument 'sin_signed' must have shape \[T, head_dim\] = \[5, 8\], got \[4, 8\]"):
         fwd(x, cos, sin_signed[:4], 2, 1)
     dq, dkv = np.zeros((2, 2, 5, 8), np.float32), np.zeros((2, 1, 5, 8), np.float32)
-    with pytest.raises(TypeError, match=r"tpt_ops.numpy.qkv_rope_backward: argument 'dk' must be float32 or float64"):
+    with pytest.raises(TypeError, match=r"tpt_ops.numpy.qkv_rope_backward: argument 'dk' has dtype int32; expected float32 or float64"):
         bwd(dq, dkv.astype(np.int32), dkv, cos, sin_signed, 2, 1)
-    with pytest.raises(ValueError, match=r"argument 'dq' must have shape \(B, n_q_heads, T, head_dim\)"):
+    with pytest.raises(ValueError, match=r"argument 'dq' has shape \[2, 2, 5, 8\]; expected \[B, n_q_heads, T, head_dim\] with n_q_heads=3"):
         bwd(dq, dkv, dkv, cos, sin_signed, 3, 1)
-    with pytest.raises(ValueError, match=r"argument 'dv' must have shape \(B, n_kv_heads, T, head_dim\) = \(2, 1, 5, 8\)"):
+    with pytest.raises(ValueError, match=r"argument 'dv' has shape \[2, 1, 4, 8\]; expected \[B, n_kv_heads, T, head_dim\] = \[2, 1, 5, 8\]"):
         bwd(dq, dkv, dkv[:, :, :4], cos, sin_signed, 2, 1)
     with pytest.raises(ValueError, match=r"argument 'cos' must have shape"):
         bwd(dq, dkv, dkv, cos[:4], sin_signed, 2, 1)
+
+
+def test_numpy_casts_tables_to_the_input_precision():
+    x = np.random.default_rng(0).standard_normal((2, 5, 32)).astype(np.float32)
+    cos, sin_signed = COS.numpy(), SIN.numpy()
+    out = tpt_ops.numpy.qkv_rope_forward(x, cos.astype(np.float64), sin_signed.astype(np.float64), 2, 1)
+    for t, ref in zip(out, tpt_ops.numpy.qkv_rope_forward(x, cos, sin_signed, 2, 1)):
+        assert t.dtype == np.float32
+        np.testing.assert_array_equal(t, ref)
 
 
 def test_compile_non_contiguous():
@@ -340,3 +373,31 @@ def test_compile_non_contiguous():
     cos, sin_signed = torch.rand(T, hd), torch.rand(T, hd)
     assert_compile_matches_eager(
         lambda x: tuple(t * 2 + 1 for t in tpt_ops.qkv_rope(x, cos, sin_signed, H, Hkv)), (qkv,))
+
+
+# ---- second derivatives: a differentiable composition under create_graph=True, the C kernel otherwise ----
+
+@pytest.mark.parametrize("shape", [(1, 1, 1, 1, 2), (2, 3, 4, 2, 8)])
+def test_gradgradcheck(shape):
+    """create_graph=True gradients of qkv are differentiable (the tables are fixed buffers, no gradient)."""
+    B, T, H, Hkv, hd = shape
+    x = make(*shape, torch.float64)
+    cos, sin_signed = tables(T, hd, torch.float64, offset=2)
+    assert torch.autograd.gradgradcheck(lambda x: tpt_ops.qkv_rope(x, cos, sin_signed, H, Hkv), (x,))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_first_order_backward_is_the_c_kernel(dtype):
+    """Without create_graph the backward is torch.ops.tpt.qkv_rope_backward, bit for bit, eager and compiled."""
+    from helpers import compiled_backward_graph
+
+    B, T, H, Hkv, hd = 2, 5, 4, 2, 8
+    x = make(B, T, H, Hkv, hd, dtype)
+    cos, sin_signed = tables(T, hd)
+    outs = tpt_ops.qkv_rope(x, cos, sin_signed, H, Hkv)
+    gen = torch.Generator().manual_seed(3)
+    douts = [torch.randn(o.shape, generator=gen).to(dtype) for o in outs]
+    (dx,) = torch.autograd.grad(outs, x, douts)
+    assert torch.equal(dx, torch.ops.tpt.qkv_rope_backward(*douts, cos, sin_signed, H, Hkv))
+    graph = compiled_backward_graph(lambda x: tpt_ops.qkv_rope(x, cos, sin_signed, H, Hkv), (x,))
+    assert "tpt.qkv_rope_backward" in graph and "aten.cat" not in graph

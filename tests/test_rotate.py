@@ -1,4 +1,4 @@
-"""phase_rotate: the C kernel against the plain-PyTorch reference (SPEC 1b)."""
+"""phase_rotate: the C kernel against the plain-PyTorch reference (docs/ops/rotate.md)."""
 import math
 
 import pytest
@@ -6,7 +6,8 @@ import torch
 
 import tpt_ops
 from tpt_ops import reference
-from helpers import DTYPES, assert_close, assert_rejected, grads, num_threads, assert_compile_matches_eager
+from helpers import (DTYPES, assert_close, assert_close_to_exact, assert_compile_matches_eager, assert_rejected,
+                     exact_grads, grads, num_threads, output_grads)
 
 op = torch.ops.tpt.phase_rotate.default
 op_backward = torch.ops.tpt.phase_rotate_backward.default
@@ -31,35 +32,49 @@ def make(shape, n, dtype, seed=0, param_dtype=None):
     return x, theta
 
 
+def magnitudes(x, theta, dy, n):
+    """Per element, the size of the terms summed into y, dx and dtheta (assert_close_to_exact's
+    scale), and for dtheta those that read the stored y (its ``stored``), float64.
+
+    Each pair's |a| + |b| (|dy_even| + |dy_odd|) is scaled by 1 + |phi|: the
+    kernel forms phi = theta + i*2pi/N in the compute precision, whose
+    absolute error |phi| u moves the rotated pair by |phi| u times its size.
+    dtheta sums, over rows and phases, terms of the size of
+    (|dy_even| + |dy_odd|) times the pair of y: the root of the sum of their
+    squares; the backward reads y as it was stored, rounded to x's dtype."""
+    xs = x.detach().double().unflatten(-1, (n, -1, 2))
+    ds = dy.unflatten(-1, (n, -1, 2))
+    grow = 1 + reference.phase_angles(theta.detach().double(), n).abs()  # [N, P/2]
+    x_pair, d_pair = xs.abs().sum(-1), ds.abs().sum(-1)
+    y = (x_pair * grow)[..., None].expand(xs.shape).flatten(-3)
+    dx = (d_pair * grow)[..., None].expand(xs.shape).flatten(-3)
+
+    def over_rows(terms):
+        return terms.reshape(-1, *grow.shape).pow(2).sum((0, 1)).sqrt()
+    return y, dx, over_rows(x_pair * d_pair * grow), over_rows(x_pair * d_pair)
+
+
+def check_parity(x, th, n):
+    """Output and gradients against the float64 reference of the same inputs, element by element."""
+    y, (dx, dth) = grads(lambda x, th: tpt_ops.phase_rotate(x, th, n), (x, th))
+    y_ref, (dx_ref, dth_ref) = exact_grads(lambda x, th: reference.phase_rotate(x, th, n), (x, th), y)
+    assert y.shape == x.shape and y.dtype == x.dtype and dx.dtype == x.dtype and dth.dtype == th.dtype
+    y_scale, dx_scale, dth_scale, dth_stored = magnitudes(x, th, output_grads(y)[0], n)
+    assert_close_to_exact(y, y_ref, y_scale, name="y")
+    assert_close_to_exact(dx, dx_ref, dx_scale, name="dx")
+    assert_close_to_exact(dth, dth_ref, dth_scale, dth_stored, stored_dtype=x.dtype, name="dtheta")
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape,n", SHAPES)
 def test_parity_forward_backward(shape, n, dtype):
-    x, th = make(shape, n, dtype)
-    y, (dx, dth) = grads(lambda x, th: tpt_ops.phase_rotate(x, th, n), (x, th))
-    y_ref, (dx_ref, dth_ref) = grads(lambda x, th: reference.phase_rotate(x, th, n), (x, th))
-    assert y.shape == x.shape and y.dtype == dtype
-    assert_close(y, y_ref)
-    assert_close(dx, dx_ref)
-    # dtheta sums over all rows and phases: rounding grows with M, and the two
-    # sides sum in different orders, so compare relative to the largest entry
-    rtol = {torch.float32: 1e-5, torch.bfloat16: 5e-2, torch.float16: 5e-3}.get(dtype)
-    if rtol:
-        torch.testing.assert_close(dth.float(), dth_ref.float(), rtol=rtol,
-                                   atol=rtol * dth_ref.float().abs().max().item())
-    else:
-        assert_close(dth, dth_ref)
+    check_parity(*make(shape, n, dtype), n)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_mixed_precision_float32_theta(dtype):
     """Autocast-style: activations in low precision, theta in float32."""
-    x, th = make((64, 48), 3, dtype, param_dtype=torch.float32)
-    y, (dx, dth) = grads(lambda x, th: tpt_ops.phase_rotate(x, th, 3), (x, th))
-    y_ref, (dx_ref, dth_ref) = grads(lambda x, th: reference.phase_rotate(x, th, 3), (x, th))
-    assert y.dtype == dtype and dx.dtype == dtype and dth.dtype == torch.float32
-    assert_close(y, y_ref)
-    assert_close(dx, dx_ref)
-    torch.testing.assert_close(dth, dth_ref, rtol=2e-2, atol=2e-2 * dth_ref.abs().max().item())
+    check_parity(*make((300, 48), 3, dtype, param_dtype=torch.float32), 3)
 
 
 def test_non_contiguous():
@@ -108,12 +123,22 @@ def test_gradcheck(n):
     assert torch.autograd.gradcheck(lambda x, th: tpt_ops.phase_rotate(x, th, n), (x, th))
 
 
+@pytest.mark.parametrize("n", [1, 3])
+def test_gradcheck_across_row_blocks_and_vector_tails(n):
+    """260 rows cross the 128-row blocks of the dtheta reduction; 16*2+3 = 35
+    pairs a phase run the vector loops and a tail."""
+    x, th = make((2, 130, 70 * n), n, torch.float64)
+    assert torch.autograd.gradcheck(lambda x, th: tpt_ops.phase_rotate(x, th, n), (x, th), fast_mode=True)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_opcheck(dtype):
     x, th = make((6, 24), 3, dtype, param_dtype=torch.float32)
+    assert x.requires_grad and th.requires_grad  # else opcheck skips its autograd checks
     torch.library.opcheck(op, (x, th, 3))
     with torch.no_grad():
         y = torch.ops.tpt.phase_rotate(x, th, 3)
+    # the backward op has no autograd of its own: plain inputs
     torch.library.opcheck(op_backward, (torch.randn_like(x).detach(), y.detach(), th.detach(), 3))
 
 
@@ -131,7 +156,7 @@ def test_compile_fullgraph():
 def test_bitwise_deterministic_across_runs_and_threads(dtype):
     x, th = make((1000, 384), 3, dtype, param_dtype=torch.float32)  # 8 row blocks
     runs = []
-    for threads in (1, 2, 2):
+    for threads in (1, 2, 3, 3):
         with num_threads(threads):
             y, (dx, dth) = grads(lambda x, th: tpt_ops.phase_rotate(x, th, 3), (x, th))
         runs.append((y, dx, dth))
@@ -215,15 +240,54 @@ def test_numpy_agrees_with_torch(dtype):
 def test_numpy_bad_input():
     import numpy as np
     x = np.zeros((4, 12), np.float32)
-    with pytest.raises(ValueError, match=r"tpt_ops.numpy.phase_rotate_forward: the phase width P=3 is odd"):
+    with pytest.raises(ValueError, match=r"tpt_ops.numpy.phase_rotate_forward: the phase width P=3 \(D=9, n_phases=3\) is odd"):
         tpt_ops.numpy.phase_rotate_forward(np.zeros((4, 9), np.float32), np.zeros(1, np.float32), 3)
-    with pytest.raises(ValueError, match=r"argument 'theta' must have shape \(2,\)"):
+    with pytest.raises(ValueError, match=r"argument 'theta' must have shape \[2\], got \[3\]"):
         tpt_ops.numpy.phase_rotate_forward(x, np.zeros(3, np.float32), 3)
-    with pytest.raises(TypeError, match=r"tpt_ops.numpy.phase_rotate_forward: argument 'x' must be float32 or float64"):
+    with pytest.raises(TypeError, match=r"tpt_ops.numpy.phase_rotate_forward: argument 'x' has dtype int16; expected float32 or float64"):
         tpt_ops.numpy.phase_rotate_forward(x.astype(np.int16), np.zeros(2, np.float32), 3)
+
+
+def test_numpy_casts_theta_to_the_input_precision():
+    import numpy as np
+    x = np.random.default_rng(0).standard_normal((6, 12)).astype(np.float32)
+    theta64 = np.array([0.3, -1.2])
+    y = tpt_ops.numpy.phase_rotate_forward(x, theta64, 3)
+    assert y.dtype == np.float32
+    np.testing.assert_array_equal(y, tpt_ops.numpy.phase_rotate_forward(x, theta64.astype(np.float32), 3))
+    with pytest.raises(TypeError, match=r"tpt_ops.numpy.phase_rotate_forward: argument 'theta' has dtype complex128"):
+        tpt_ops.numpy.phase_rotate_forward(x, theta64.astype(np.complex128), 3)
 
 
 def test_compile_non_contiguous():
     x = torch.randn(48, 10).t().requires_grad_()
     theta = torch.rand(8, requires_grad=True)
     assert_compile_matches_eager(lambda x, th: tpt_ops.phase_rotate(x, th, 3) * 2 + 1, (x, theta))
+
+
+# ---- second derivatives: a differentiable composition under create_graph=True, the C kernel otherwise ----
+
+@pytest.mark.parametrize("n", [1, 3])
+def test_gradgradcheck(n):
+    """create_graph=True gradients are exact second derivatives, for x and theta."""
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(2, 3, 4 * n, generator=gen, dtype=torch.float64).requires_grad_()
+    theta = torch.randn(2, generator=gen, dtype=torch.float64).requires_grad_()
+    assert torch.autograd.gradgradcheck(lambda x, t: tpt_ops.phase_rotate(x, t, n), (x, theta))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_first_order_backward_is_the_c_kernel(dtype):
+    """Without create_graph the backward is torch.ops.tpt.phase_rotate_backward, bit for bit, eager and compiled."""
+    from helpers import compiled_backward_graph
+
+    gen = torch.Generator().manual_seed(6)
+    x = torch.randn(4, 5, 24, generator=gen).to(dtype).requires_grad_()
+    theta = torch.randn(4, generator=gen).requires_grad_()
+    dy = torch.randn(4, 5, 24, generator=gen).to(dtype)
+    y = tpt_ops.phase_rotate(x, theta, 3)
+    dx, dtheta = torch.autograd.grad(y, (x, theta), dy)
+    kernel_dx, kernel_dtheta = torch.ops.tpt.phase_rotate_backward(dy, y.detach(), theta.detach(), 3)
+    assert torch.equal(dx, kernel_dx) and torch.equal(dtheta, kernel_dtheta)
+    graph = compiled_backward_graph(lambda x, t: tpt_ops.phase_rotate(x, t, 3), (x, theta))
+    assert "tpt.phase_rotate_backward" in graph and "aten.sin" not in graph

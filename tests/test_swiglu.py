@@ -5,7 +5,8 @@ import torch
 
 import tpt_ops
 from tpt_ops import reference
-from helpers import DTYPES, assert_close, assert_rejected, grads, num_threads, assert_compile_matches_eager
+from helpers import (DTYPES, assert_close, assert_close_to_exact, assert_compile_matches_eager, assert_rejected,
+                     exact_grads, grads, num_threads, output_grads)
 
 op = torch.ops.tpt.swiglu.default
 
@@ -17,15 +18,23 @@ def make(shape, dtype, seed=0):
     return (torch.randn(shape, generator=gen) * 3).to(dtype).requires_grad_()
 
 
+def gradient_magnitudes(x, dh):
+    """Per element, the size of the terms summed into the gradient (assert_close_to_exact's scale), float64:
+    d_gate = dh u s (1 + g (1 - s)), s = sigmoid(g), has two terms; d_up = dh g s is a product (0)."""
+    g, u = x.detach().double().chunk(2, dim=-1)
+    s = torch.sigmoid(g)
+    return torch.cat(((dh * u).abs() * s * (1 + g.abs() * (1 - s)), torch.zeros_like(u)), dim=-1)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", SHAPES)
 def test_parity_forward_backward(shape, dtype):
     x = make(shape, dtype)
     h, (dx,) = grads(tpt_ops.swiglu, (x,))
-    h_ref, (dx_ref,) = grads(reference.swiglu, (x,))
+    h_ref, (dx_ref,) = exact_grads(reference.swiglu, (x,), h)
     assert h.shape == (*shape[:-1], shape[-1] // 2) and h.dtype == dtype and dx.dtype == dtype
-    assert_close(h, h_ref)
-    assert_close(dx, dx_ref)
+    assert_close_to_exact(h, h_ref, name="h")
+    assert_close_to_exact(dx, dx_ref, gradient_magnitudes(x, output_grads(h)[0]), name="dgate_up")
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -90,11 +99,18 @@ def test_gradcheck(shape):
     assert torch.autograd.gradcheck(tpt_ops.swiglu, (x,))
 
 
+def test_gradcheck_across_row_blocks_and_vector_tails():
+    """260 rows cross the 128-row blocks; F = 2*(16*2+3) = 70 runs the vector loops and a tail."""
+    x = make((2, 130, 140), torch.float64)
+    assert torch.autograd.gradcheck(tpt_ops.swiglu, (x,), fast_mode=True)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_opcheck(dtype):
     x = make((6, 24), dtype)
+    assert x.requires_grad  # else opcheck skips its autograd checks
     torch.library.opcheck(op, (x,))
-    torch.library.opcheck(op, (x, True))
+    # the backward ops have no autograd of their own: plain inputs
     torch.library.opcheck(torch.ops.tpt.swiglu_backward_.default, (torch.randn(6, 12).to(dtype), x.detach().clone()))
     torch.library.opcheck(torch.ops.tpt.swiglu_backward.default, (torch.randn(6, 12).to(dtype), x.detach()))
     strided = torch.randn(24, 6).to(dtype).t()  # the fake outputs must be contiguous like the kernel's
@@ -102,39 +118,148 @@ def test_opcheck(dtype):
     torch.library.opcheck(torch.ops.tpt.swiglu_backward.default, (torch.randn(6, 12).to(dtype), strided.detach()))
 
 
+def reference_grad(x):
+    x = x.detach().requires_grad_()
+    reference.swiglu(x).sum().backward()
+    return x.grad
+
+
+def test_backward_never_writes_a_leaf_input():
+    """The gradient goes to a new tensor: a leaf gate_up keeps its values, and backward can run twice."""
+    x = make((5, 3, 64), torch.float32)
+    before = x.detach().clone()
+    h = tpt_ops.swiglu(x)
+    h.backward(torch.ones_like(h), retain_graph=True)
+    h.backward(torch.ones_like(h))
+    assert torch.equal(x, before)
+    x.grad = None
+    torch.ops.tpt.swiglu(x).sum().backward()
+    assert torch.equal(x, before)
+    assert_close(x.grad, reference_grad(x))
+    with pytest.raises(TypeError, match="inplace_backward"):
+        tpt_ops.swiglu(x, inplace_backward=True)
+
+
+def test_backward_never_writes_a_shared_activation():
+    """An activation the caller holds, and one another op reads in the backward, keep their values and all
+    gradients are right."""
+    x = make((4, 6, 32), torch.float64)
+    results = []
+    for swiglu in (tpt_ops.swiglu, reference.swiglu):
+        x.grad = None
+        gate_up = x * 1  # a non-leaf the caller keeps
+        kept = gate_up.detach().clone()
+        loss = swiglu(gate_up).pow(2).sum() + (gate_up * gate_up.sin()).sum()  # mul saves gate_up too
+        loss.backward()
+        assert torch.equal(gate_up, kept)
+        results.append(x.grad)
+    assert_close(results[0], results[1])
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_inplace_backward(dtype):
-    """inplace_backward=True: the same gradient bit for bit, written over the
-    activation, and a second backward through the graph is refused."""
+@pytest.mark.parametrize("shape", [(48,), (33, 48), (4, 7, 48)])
+def test_linear_swiglu_is_bitwise_linear_then_swiglu(shape, dtype):
+    """The private in-place backward gives the bits of F.linear + swiglu (out of place), for x and weight."""
+    from tpt_ops.ops import linear_swiglu
+
+    gen = torch.Generator().manual_seed(2)
+    x = torch.randn(shape, generator=gen).to(dtype).requires_grad_()
+    w = (torch.randn(64, 48, generator=gen) / 7).to(dtype).requires_grad_()
+    expected = grads(lambda x, w: tpt_ops.swiglu(torch.nn.functional.linear(x, w)), (x, w))
+    actual = grads(linear_swiglu, (x, w))
+    assert torch.equal(actual[0], expected[0])
+    for a, e in zip(actual[1], expected[1], strict=True):
+        assert torch.equal(a, e)
+
+
+def test_linear_swiglu_under_autocast_is_bitwise_and_keeps_weight_dtype():
+    """CPU bfloat16 autocast: the matmuls run in bfloat16, dweight comes back float32, all bits equal the
+    out-of-place composition's."""
+    from tpt_ops.ops import linear_swiglu
+
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 9, 48, generator=gen).requires_grad_()
+    w = (torch.randn(64, 48, generator=gen) / 7).requires_grad_()
+    dh = torch.randn(2, 9, 32, generator=gen).bfloat16()
+    runs = []
+    for fn in (lambda x, w: tpt_ops.swiglu(torch.nn.functional.linear(x, w)), linear_swiglu):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            h = fn(x, w)
+        runs.append((h, *torch.autograd.grad(h, (x, w), dh)))
+    assert runs[1][0].dtype == torch.bfloat16 and runs[1][1].dtype == torch.float32
+    assert runs[1][2].dtype == torch.float32
+    for a, e in zip(*runs):
+        assert torch.equal(a, e)
+
+
+def test_linear_swiglu_refuses_a_second_backward():
+    """Its gate_up holds the gradient after the backward: backpropagating the graph again is refused."""
+    from tpt_ops.ops import linear_swiglu
+
+    x = make((3, 16), torch.float32)
+    h = linear_swiglu(x, torch.randn(20, 16, requires_grad=True))
+    h.sum().backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        h.sum().backward()
+
+
+def test_linear_swiglu_gradgradcheck():
+    from tpt_ops.ops import linear_swiglu
+
+    gen = torch.Generator().manual_seed(4)
+    x = torch.randn(2, 3, 5, generator=gen, dtype=torch.float64).requires_grad_()
+    w = torch.randn(8, 5, generator=gen, dtype=torch.float64).requires_grad_()
+    assert torch.autograd.gradgradcheck(linear_swiglu, (x, w))
+
+
+def test_nn_swiglu_double_backward_matches_reference():
+    """A gradient penalty through the fused nn.SwiGLU (in-place path in eager) equals the reference backend's."""
+    from tpt_ops.nn import SwiGLU
+
+    results = []
+    for backend in ("fused", "reference"):
+        torch.manual_seed(0)
+        ffn = SwiGLU(12, 20, backend=backend).double()
+        x = torch.randn(3, 4, 12, dtype=torch.float64, generator=torch.Generator().manual_seed(5)).requires_grad_()
+        (dx,) = torch.autograd.grad(ffn(x).pow(2).sum(), x, create_graph=True)
+        dx.pow(2).sum().backward()
+        results.append([x.grad] + [p.grad for p in ffn.parameters()])
+    assert results[0][1].abs().max() > 0
+    for a, e in zip(*results, strict=True):
+        torch.testing.assert_close(a, e, rtol=1e-9, atol=1e-9)
+
+
+def test_nn_swiglu_compiles_fullgraph():
+    """Under torch.compile nn.SwiGLU runs the functional op (one graph) and matches eager."""
+    from tpt_ops.nn import SwiGLU
+
+    torch.manual_seed(0)
+    ffn = SwiGLU(16, 24)
+    x = make((2, 5, 16), torch.float32)
+    eager = grads(ffn, (x,))
+    ffn.zero_grad()
+    compiled = grads(torch.compile(ffn, fullgraph=True), (x,))
+    torch.testing.assert_close(compiled[0], eager[0])
+    torch.testing.assert_close(compiled[1][0], eager[1][0])
+
+
+@pytest.mark.parametrize("shape", [(6,), (5, 4, 12)])
+def test_gradgradcheck(shape):
+    """create_graph=True gradients are exact second derivatives (the old backward gave none)."""
+    assert torch.autograd.gradgradcheck(tpt_ops.swiglu, (make(shape, torch.float64),))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_first_order_backward_is_the_c_kernel(dtype):
+    """Without create_graph the backward is torch.ops.tpt.swiglu_backward, bit for bit, eager and compiled."""
+    from helpers import compiled_backward_graph
+
     x = make((5, 3, 64), dtype)
     dh = torch.randn(5, 3, 32).to(dtype)
-    expected_h = tpt_ops.swiglu(x)
-    (expected_dx,) = torch.autograd.grad(expected_h, x, dh)
-    gate_up = x * 1  # an activation the caller owns, as in nn.SwiGLU
-    h = tpt_ops.swiglu(gate_up, inplace_backward=True)
-    h.backward(dh, retain_graph=True)
-    assert torch.equal(h, expected_h) and torch.equal(x.grad, expected_dx)
-    assert torch.equal(gate_up, expected_dx)  # the activation now holds its gradient
-    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
-        h.backward(dh)
-
-
-def test_inplace_backward_falls_back_on_strided_activation():
-    x = make((32, 10), torch.float32)
-    h, (dx,) = grads(lambda x: tpt_ops.swiglu(x.t(), inplace_backward=True), (x,))
-    h_ref, (dx_ref,) = grads(lambda x: reference.swiglu(x.t()), (x,))
-    assert_close(h, h_ref)
-    assert_close(dx, dx_ref)
-
-
-def test_compile_inplace_backward():
-    """Under torch.compile the backward takes the functional op; same results as eager."""
-    x = make((4, 8, 48), torch.float32)
-    fn = torch.compile(lambda x: tpt_ops.swiglu(x * 2, inplace_backward=True) * 2, fullgraph=True)
-    h, (dx,) = grads(fn, (x,))
-    h_ref, (dx_ref,) = grads(lambda x: reference.swiglu(x * 2) * 2, (x,))
-    assert_close(h, h_ref)
-    assert_close(dx, dx_ref)
+    (dx,) = torch.autograd.grad(tpt_ops.swiglu(x), x, dh)
+    assert torch.equal(dx, torch.ops.tpt.swiglu_backward(dh, x.detach()))
+    graph = compiled_backward_graph(tpt_ops.swiglu, (x,))
+    assert "tpt.swiglu_backward" in graph and "sigmoid" not in graph
 
 
 def test_compile_fullgraph():
@@ -149,7 +274,7 @@ def test_compile_fullgraph():
 def test_bitwise_deterministic_across_runs_and_threads():
     x = make((1000, 384), torch.float32)
     runs = []
-    for threads in (1, 2, 2):
+    for threads in (1, 2, 3, 3):
         with num_threads(threads):
             runs.append(grads(tpt_ops.swiglu, (x,)))
     for h, (dx,) in runs[1:]:
@@ -219,15 +344,15 @@ def test_bad_input_backward_inplace_strided():
 
 def test_numpy_bad_input():
     x = np.zeros((4, 12), np.float32)
-    with pytest.raises(TypeError, match=r"tpt_ops.numpy.swiglu_forward: argument 'gate_up' must be float32 or float64"):
+    with pytest.raises(TypeError, match=r"tpt_ops.numpy.swiglu_forward: argument 'gate_up' has dtype int64; expected float32 or float64"):
         tpt_ops.numpy.swiglu_forward(x.astype(np.int64))
     with pytest.raises(ValueError, match=r"the last dim of 'gate_up' \(7\) must be even"):
         tpt_ops.numpy.swiglu_forward(np.zeros((4, 7), np.float32))
     with pytest.raises(ValueError, match=r"argument 'gate_up' must have at least 1 dimension"):
         tpt_ops.numpy.swiglu_forward(np.float32(1.0))
-    with pytest.raises(TypeError, match=r"argument 'dh' must be float32 or float64"):
+    with pytest.raises(TypeError, match=r"argument 'dh' has dtype int32; expected float32 or float64"):
         tpt_ops.numpy.swiglu_backward(np.zeros((4, 6), np.int32), x)
-    with pytest.raises(ValueError, match=r"argument 'dh' must have the shape of 'gate_up' with its last dim halved"):
+    with pytest.raises(ValueError, match=r"argument 'dh' has shape \[4, 12\]; expected the shape of gate_up \[4, 12\] with its last dim halved"):
         tpt_ops.numpy.swiglu_backward(np.zeros((4, 12), np.float32), x)
 
 

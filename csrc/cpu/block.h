@@ -1,4 +1,4 @@
-/* Fused 3PT block ops (SPEC 1e): the residual add, the Givens phase rotation
+/* Fused 3PT block ops (docs/ops/block.md): the residual add, the Givens phase rotation
  * and the next per-phase RMSNorm in one pass over the rows.
  *   add_rotate_norm: h_new = R(phi)(h + a), normed = norm(h_new)
  *   add_norm:        h_new = h + a,         normed = norm(h_new)

@@ -1,6 +1,7 @@
-/* Shared by every kernel family, on the CPU (C11) and on the GPU (CUDA C):
- * storage dtypes, bfloat16/float16 conversion, row I/O in the compute
- * precision, and the fixed row blocks that make reductions deterministic. */
+/* Shared by every kernel family: storage dtypes, bfloat16/float16 conversion, row I/O in the compute
+ * precision, and the fixed row blocks that make reductions deterministic.
+ * It compiles as C11 and as CUDA C: TPT_HD marks the per-element helpers
+ * host+device so that CUDA kernels can share this arithmetic. */
 #ifndef TPT_COMMON_H
 #define TPT_COMMON_H
 

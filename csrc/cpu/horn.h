@@ -1,4 +1,4 @@
-/* Gabriel's-horn DC injection (SPEC 1c). The all-ones direction of each
+/* Gabriel's-horn DC injection (docs/ops/horn.md). The all-ones direction of each
  * token's D-vector is replaced by r(p) = 1/(p+1) of the token's absolute
  * position p:  y = x - mean(x) + r(p).  Rows are [M, D] row-major; row m is
  * token m % T of its sequence, so p = m % T + offset. _f32/_f64 compute in
@@ -10,7 +10,7 @@
 extern "C" {
 #endif
 
-/* r(p) = 1/(p+1), shared by the CPU and GPU kernels. */
+/* r(p) = 1/(p+1), a TPT_HD helper, so a CUDA kernel can share it. */
 TPT_HD float tpt_horn_r_f32(int64_t p) { return 1.0f / ((float)p + 1.0f); }
 TPT_HD double tpt_horn_r_f64(int64_t p) { return 1.0 / ((double)p + 1.0); }
 

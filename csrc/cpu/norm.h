@@ -1,4 +1,4 @@
-/* Per-phase RMSNorm (SPEC 1a). x is [M, D] row-major in storage dtype dt,
+/* Per-phase RMSNorm (docs/ops/norm.md). x is [M, D] row-major in storage dtype dt,
  * D = N * P, phase i of a row is x[i*P : (i+1)*P]. N = 1 is plain RMSNorm.
  * _f32 computes in float32 (dt float32/bfloat16/float16), _f64 in float64
  * (dt float64); weight and the saved rstd are in that compute precision. */

@@ -1,4 +1,4 @@
-/* Givens phase rotation (SPEC 1b). x is [M, D] row-major in storage dtype dt,
+/* Givens phase rotation (docs/ops/rotate.md). x is [M, D] row-major in storage dtype dt,
  * D = N * P with P even; phase i of a row is x[i*P : (i+1)*P], and inside it
  * the channel pairs (even, odd) are rotated by phi[i, j] = theta[j] + i*2pi/N.
  * _f32 computes in float32 (dt float32/bfloat16/float16), _f64 in float64

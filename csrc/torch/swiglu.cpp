@@ -20,9 +20,8 @@ int64_t check_gate_up(const Tensor& gate_up, const char* op) {
   return gate_up.size(-1) / 2;
 }
 
-// gate_up [..., 2F] -> h = silu(gate) * up [..., F]. inplace_backward only
-// steers the autograd formula (tpt_ops/ops/swiglu.py), not the forward.
-Tensor swiglu(Tensor gate_up, bool /*inplace_backward*/) {
+// gate_up [..., 2F] -> h = silu(gate) * up [..., F].
+Tensor swiglu(Tensor gate_up) {
   const tpt_dtype dt = storage_dtype(gate_up, kForward, "gate_up");
   check_cpu(gate_up, kForward, "gate_up");
   const int64_t F = check_gate_up(gate_up, kForward);
@@ -87,7 +86,7 @@ void swiglu_backward_(Tensor dh, Tensor gate_up) {
 }  // namespace tpt
 
 STABLE_TORCH_LIBRARY_FRAGMENT(tpt, m) {
-  m.def("swiglu(Tensor gate_up, bool inplace_backward=False) -> Tensor");
+  m.def("swiglu(Tensor gate_up) -> Tensor");
   m.def("swiglu_backward(Tensor dh, Tensor gate_up) -> Tensor");
   m.def("swiglu_backward_(Tensor dh, Tensor(a!) gate_up) -> ()");
 }

@@ -1,4 +1,4 @@
-"""Phase-aligned grouped-query attention with RoPE and a KV cache (SPEC 1d)."""
+"""Phase-aligned grouped-query attention with RoPE and a KV cache (docs/model.md)."""
 from __future__ import annotations
 
 import torch

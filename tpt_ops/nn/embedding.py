@@ -1,4 +1,4 @@
-"""Token embedding with Gabriel's horn DC injection (SPEC 1c)."""
+"""Token embedding with Gabriel's horn DC injection (docs/ops/horn.md)."""
 from __future__ import annotations
 
 import torch

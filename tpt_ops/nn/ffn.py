@@ -6,6 +6,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tpt_ops.nn.backend import check_backend, ops_for
+from tpt_ops.ops import linear_swiglu
 
 
 class SwiGLU(nn.Module):
@@ -14,11 +15,14 @@ class SwiGLU(nn.Module):
     ``gate`` and ``up`` are one fused matmul: ``gate_up.weight`` is the
     row-wise concatenation ``[W_gate; W_up]`` (``[2*d_ff, d_model]``), and
     ``backend="fused"`` applies ``silu(gate) * up`` to its output with the
-    fused ``swiglu`` kernel (one pass forward, one backward, no chunk/cat;
-    the backward writes its gradient over the gate/up activation, which
-    nothing else reads: a forward hook on ``gate_up`` that keeps its output
-    sees it overwritten after the backward);
-    ``backend="reference"`` runs them as two matmuls, as the paper's code does.
+    fused ``swiglu`` kernel (one pass forward, one backward, no chunk/cat).
+    In eager mode the matmul and the kernel are one autograd node,
+    :func:`tpt_ops.ops.linear_swiglu`, whose backward writes the activation's
+    gradient over the gate/up projection it made itself (nothing outside can
+    see that buffer); it reads ``gate_up.weight``, so forward hooks on the
+    ``gate_up`` module do not run. Under ``torch.compile`` the module runs
+    ``gate_up`` and the functional ``swiglu``, and the compiler plans the
+    buffers. ``backend="reference"`` runs two matmuls, as the paper's code does.
     """
 
     def __init__(self, d_model: int, d_ff: int, backend: str = "fused", device: torch.device | str | None = None,
@@ -39,8 +43,9 @@ class SwiGLU(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         if self.backend == "fused":
-            # gate_up's output is private to this forward: its backward may overwrite it
-            return self.down(ops_for(self.backend).swiglu(self.gate_up(x), inplace_backward=True))
+            if torch.compiler.is_compiling():
+                return self.down(ops_for(self.backend).swiglu(self.gate_up(x)))
+            return self.down(linear_swiglu(x, self.gate_up.weight))
         w_gate, w_up = self.gate_up.weight.chunk(2, dim=0)
         return self.down(F.silu(F.linear(x, w_gate)) * F.linear(x, w_up))
 

@@ -1,4 +1,4 @@
-"""Per-phase RMSNorm module (SPEC 1a)."""
+"""Per-phase RMSNorm module (docs/ops/norm.md)."""
 from __future__ import annotations
 
 import torch

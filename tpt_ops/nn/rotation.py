@@ -1,4 +1,4 @@
-"""Givens phase rotation module (SPEC 1b)."""
+"""Givens phase rotation module (docs/ops/rotate.md)."""
 from __future__ import annotations
 
 import math

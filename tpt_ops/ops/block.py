@@ -1,4 +1,4 @@
-"""Fused 3PT block ops: add_rotate_norm and add_norm (SPEC 1e).
+"""Fused 3PT block ops: add_rotate_norm and add_norm (math: docs/ops/block.md).
 
 Kernels: csrc/cpu/block.c; registration: csrc/torch/block.cpp. Each op
 returns (h_new, normed) to the caller and saves h_new and rstd for backward.
@@ -8,22 +8,28 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from tpt_ops import _C  # noqa: F401  (registers torch.ops.tpt.*)
-from tpt_ops.ops._checks import check_float, check_param, check_phases, check_same_shape, compute_dtype, fail
+from tpt_ops.ops._checks import (check_eps, check_float, check_pairs, check_param, check_phases, check_same_precision,
+                                 check_same_shape, compute_dtype)
+from tpt_ops.ops._extension import require_extension
+from tpt_ops.ops.norm import phase_rmsnorm_vjp
+from tpt_ops.ops.rotate import phase_rotate_vjp
+
+require_extension(__name__)  # the registrations below attach to torch.ops.tpt.*, defined by tpt_ops._C
 
 
-def _check(op: str, h: Tensor, a: Tensor, weight: Tensor, n_phases: int, theta: Tensor | None = None) -> None:
+def _check(op: str, h: Tensor, a: Tensor, weight: Tensor, n_phases: int, theta: Tensor | None = None,
+           eps: float | None = None) -> None:
+    """The rules of csrc/torch/block.cpp, in its order; eps only for the forward ops."""
     check_float(op, "h", h)
     check_float(op, "a", a)
     check_same_shape(op, "a", a, h, x_name="h")
     D = check_phases(op, "h", h, n_phases)
-    if (h.dtype == torch.float64) != (a.dtype == torch.float64):
-        fail(op, f"arguments 'h' and 'a' must both be float64 or both not, got {h.dtype} and {a.dtype}")
+    if eps is not None:
+        check_eps(op, eps)
+    check_same_precision(op, "h", h, "a", a)
     check_param(op, "weight", weight, D, h)
     if theta is not None:
-        P = D // n_phases
-        if P % 2:
-            fail(op, f"the phase width P=D/n_phases={P} is odd; the rotation needs channel pairs")
+        P = check_pairs(op, D, n_phases)
         check_param(op, "theta", theta, P // 2, h)
 
 
@@ -34,13 +40,13 @@ def _outputs(h: Tensor, n_phases: int) -> tuple[Tensor, Tensor, Tensor]:
 
 @torch.library.register_fake("tpt::add_rotate_norm")
 def _add_rotate_norm_fake(h, a, theta, weight, n_phases, eps):
-    _check("add_rotate_norm", h, a, weight, n_phases, theta)
+    _check("add_rotate_norm", h, a, weight, n_phases, theta, eps)
     return _outputs(h, n_phases)
 
 
 @torch.library.register_fake("tpt::add_norm")
 def _add_norm_fake(h, a, weight, n_phases, eps):
-    _check("add_norm", h, a, weight, n_phases)
+    _check("add_norm", h, a, weight, n_phases, eps=eps)
     return _outputs(h, n_phases)
 
 
@@ -59,22 +65,43 @@ def _add_norm_backward_fake(dh_new, dnormed, h_new, weight, rstd, n_phases):
 def _setup_context(ctx, inputs, output) -> None:
     h, a = inputs[0], inputs[1]
     h_new, _normed, rstd = output
-    *params, n_phases, _eps = inputs[2:]  # (theta, weight) or (weight,)
+    *params, n_phases, eps = inputs[2:]  # (theta, weight) or (weight,)
     ctx.save_for_backward(h_new, rstd, *params)
-    ctx.n_phases = n_phases
+    ctx.n_phases, ctx.eps = n_phases, eps
     ctx.a_dtype = a.dtype
+
+
+def _dh_new_total(ctx, dh_new: Tensor, dnormed: Tensor, h_new: Tensor, weight: Tensor) -> tuple[Tensor, Tensor]:
+    """``(u, dweight)``: ``u = dh_new + J_norm(h_new)^T dnormed``, all the gradient reaching ``h_new``.
+
+    Differentiable PyTorch (for ``create_graph=True``) in the compute
+    precision, written in the saved output ``h_new``: its own graph (through
+    this op) carries the dependence on the inputs when autograd differentiates
+    the gradient again.
+    """
+    dx_norm, dweight = phase_rmsnorm_vjp(dnormed, h_new, weight, ctx.n_phases, ctx.eps)
+    return dh_new.to(dx_norm.dtype) + dx_norm, dweight
 
 
 def _add_rotate_norm_backward(ctx, dh_new, dnormed, _drstd):
     h_new, rstd, theta, weight = ctx.saved_tensors
-    dsum, dtheta, dweight = torch.ops.tpt.add_rotate_norm_backward(dh_new, dnormed, h_new, theta, weight, rstd,
-                                                                   ctx.n_phases)
+    if torch.is_grad_enabled():  # create_graph=True: the gradient must itself be differentiable
+        u, dweight = _dh_new_total(ctx, dh_new, dnormed, h_new, weight)
+        dsum, dtheta = phase_rotate_vjp(u, h_new, theta, ctx.n_phases)  # h_new = R(theta) (h + a)
+        dsum, dtheta, dweight = dsum.to(h_new.dtype), dtheta.to(theta.dtype), dweight.to(weight.dtype)
+    else:
+        dsum, dtheta, dweight = torch.ops.tpt.add_rotate_norm_backward(dh_new, dnormed, h_new, theta, weight, rstd,
+                                                                       ctx.n_phases)
     return dsum, dsum.to(ctx.a_dtype), dtheta, dweight, None, None
 
 
 def _add_norm_backward(ctx, dh_new, dnormed, _drstd):
     h_new, rstd, weight = ctx.saved_tensors
-    dsum, dweight = torch.ops.tpt.add_norm_backward(dh_new, dnormed, h_new, weight, rstd, ctx.n_phases)
+    if torch.is_grad_enabled():  # create_graph=True: the gradient must itself be differentiable
+        u, dweight = _dh_new_total(ctx, dh_new, dnormed, h_new, weight)
+        dsum, dweight = u.to(h_new.dtype), dweight.to(weight.dtype)
+    else:
+        dsum, dweight = torch.ops.tpt.add_norm_backward(dh_new, dnormed, h_new, weight, rstd, ctx.n_phases)
     return dsum, dsum.to(ctx.a_dtype), dweight, None, None
 
 

@@ -1,4 +1,4 @@
-"""Gabriel's-horn DC injection: horn_inject and the fused horn_embedding (SPEC 1c).
+"""Gabriel's-horn DC injection: horn_inject and the fused horn_embedding (math: docs/ops/horn.md).
 
 Kernels: csrc/cpu/horn.c; registration: csrc/torch/horn.cpp.
 """
@@ -7,18 +7,16 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from tpt_ops import _C  # noqa: F401  (registers torch.ops.tpt.*)
-from tpt_ops.ops._checks import check_float, check_phases, fail
+from tpt_ops.ops._checks import check_float, check_offset, check_phases, dtype_name, fail
+from tpt_ops.ops._extension import require_extension
+from tpt_ops.reference import compute_dtype
 
-
-def _check_offset(op: str, offset: int) -> None:
-    if offset < 0:
-        fail(op, f"offset must be >= 0 (the absolute position of the first token), got {offset}")
+require_extension(__name__)  # the registrations below attach to torch.ops.tpt.*, defined by tpt_ops._C
 
 
 def _check_ids(op: str, ids: Tensor) -> None:
     if ids.dtype not in (torch.int64, torch.int32):
-        fail(op, f"argument 'ids' has dtype {str(ids.dtype).replace('torch.', '')}; expected int64 or int32")
+        fail(op, f"argument 'ids' has dtype {dtype_name(ids.dtype)}; expected int64 or int32")
     if ids.dim() not in (1, 2):
         fail(op, f"argument 'ids' must be [T] or [B, T], got {list(ids.shape)}")
 
@@ -30,7 +28,7 @@ def _horn_inject_fake(x: Tensor, n_phases: int, offset: int) -> Tensor:
         fail("horn_inject", "argument 'x' must be [..., T, D] (at least 2 dims: positions along dim -2), "
                             f"got {list(x.shape)}")
     check_phases("horn_inject", "x", x, n_phases)
-    _check_offset("horn_inject", offset)
+    check_offset("horn_inject", offset, x.shape[-2])
     return x.new_empty(x.shape)
 
 
@@ -49,8 +47,8 @@ def _horn_embedding_fake(ids: Tensor, table: Tensor, n_phases: int, offset: int)
     if table.dim() != 2:
         fail(op, f"argument 'table' must be [V, D], got {list(table.shape)}")
     D = check_phases(op, "table", table, n_phases)
-    _check_offset(op, offset)
     _check_ids(op, ids)
+    check_offset(op, offset, ids.shape[-1])
     return table.new_empty((*ids.shape, D))
 
 
@@ -61,11 +59,19 @@ def _horn_embedding_backward_fake(dy: Tensor, ids: Tensor, vocab_size: int, n_ph
     return dy.new_empty((vocab_size, D))
 
 
+def horn_inject_vjp(dy: Tensor) -> Tensor:
+    """``dx = dy - mean(dy)`` (the horn term is a constant), as differentiable PyTorch in the compute precision."""
+    d = dy.to(compute_dtype(dy.dtype))
+    return d - d.mean(-1, keepdim=True)
+
+
 def _inject_setup_context(ctx, inputs, output) -> None:
     ctx.n_phases = inputs[1]
 
 
 def _inject_backward(ctx, dy: Tensor):
+    if torch.is_grad_enabled():  # create_graph=True: the gradient must itself be differentiable
+        return horn_inject_vjp(dy).to(dy.dtype), None, None
     return torch.ops.tpt.horn_inject_backward(dy, ctx.n_phases), None, None
 
 
@@ -77,7 +83,11 @@ def _embedding_setup_context(ctx, inputs, output) -> None:
 
 def _embedding_backward(ctx, dy: Tensor):
     (ids,) = ctx.saved_tensors
-    dtable = torch.ops.tpt.horn_embedding_backward(dy, ids, ctx.vocab_size, ctx.n_phases)
+    if torch.is_grad_enabled():  # create_graph=True: the gradient must itself be differentiable
+        rows = horn_inject_vjp(dy).reshape(-1, dy.shape[-1])
+        dtable = rows.new_zeros((ctx.vocab_size, dy.shape[-1])).index_add(0, ids.reshape(-1), rows)
+    else:
+        dtable = torch.ops.tpt.horn_embedding_backward(dy, ids, ctx.vocab_size, ctx.n_phases)
     return None, dtable.to(ctx.table_dtype), None, None
 
 

@@ -7,8 +7,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from tpt_ops import _C  # noqa: F401  (registers torch.ops.tpt.*)
 from tpt_ops.ops._checks import check_float, fail
+from tpt_ops.ops._extension import require_extension
+from tpt_ops.reference import compute_dtype
+
+require_extension(__name__)  # the registrations below attach to torch.ops.tpt.*, defined by tpt_ops._C
 
 OP = "qkv_rope"
 
@@ -76,6 +79,25 @@ def _qkv_rope_backward_fake(dq: Tensor, dk: Tensor, dv: Tensor, cos: Tensor, sin
     return dq.new_empty((B, T, (n_q_heads + 2 * n_kv_heads) * hd))
 
 
+def qkv_rope_vjp(dq: Tensor, dk: Tensor, dv: Tensor, cos: Tensor, sin_signed: Tensor) -> Tensor:
+    """The gradient ``[B, T, D]`` of ``qkv`` as differentiable PyTorch, in the compute precision.
+
+    RoPE is linear: ``dx[j] = dy[j] * cos[t, j] + dy[p] * sin_signed[t, p]``
+    with ``p = partner(j)``; ``v``'s gradient is copied; the head-major
+    gradients go back to the token-major layout of the projection.
+    """
+    ct = compute_dtype(dq.dtype)
+    cos, sin_signed = cos.to(ct), sin_signed.to(ct)  # [T, hd], broadcast over [B, heads, T, hd]
+
+    def unrotate(d: Tensor) -> Tensor:
+        d = d.to(ct)
+        first, second = (d * sin_signed).chunk(2, dim=-1)
+        return d * cos + torch.cat((second, first), dim=-1)
+
+    heads = torch.cat((unrotate(dq), unrotate(dk), dv.to(ct)), dim=1)  # [B, H + 2*Hkv, T, hd]
+    return heads.transpose(1, 2).flatten(2)
+
+
 def _setup_context(ctx, inputs, output) -> None:
     _, cos, sin_signed, n_q_heads, n_kv_heads = inputs
     ctx.save_for_backward(cos, sin_signed)
@@ -85,6 +107,8 @@ def _setup_context(ctx, inputs, output) -> None:
 def _backward(ctx, dq: Tensor, dk: Tensor, dv: Tensor):
     # autograd passes zeros for an unused output's gradient (materialize_grads)
     cos, sin_signed = ctx.saved_tensors
+    if torch.is_grad_enabled():  # create_graph=True: the gradient must itself be differentiable
+        return qkv_rope_vjp(dq, dk, dv, cos, sin_signed).to(dq.dtype), None, None, None, None
     dqkv = torch.ops.tpt.qkv_rope_backward(dq, dk, dv, cos, sin_signed, *ctx.heads)
     return dqkv, None, None, None, None
 
