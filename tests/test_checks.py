@@ -14,6 +14,8 @@ ops = torch.ops.tpt
 x12, w12, th2 = torch.randn(4, 12), torch.randn(12), torch.randn(2)
 COS, SIN = torch.rand(5, 8), torch.rand(5, 8)
 dq, dkv = torch.randn(2, 2, 5, 8), torch.randn(2, 1, 5, 8)
+MOE_SLOTS = torch.tensor([[0, 4], [1, -1], [5, 2], [3, 6]])  # 4 tokens, k = 2, 7 kept rows
+MOE_TOKENS = torch.tensor([0, 1, 2, 3, 0, 2, 3, -1])
 
 # (op, args): every rule of checks.h that a fake kernel can see (ids values it cannot)
 CASES = [
@@ -48,8 +50,8 @@ CASES = [
     ("horn_embedding", (torch.tensor([0.0]), torch.randn(5, 12), 3, 0)),
     ("horn_embedding", (torch.zeros(1, 2, 3, dtype=torch.long), torch.randn(5, 12), 3, 0)),
     ("horn_embedding", (torch.tensor([0]), torch.randn(5, 12, 1), 3, 0)),
-    ("swiglu", (torch.tensor(1.0), False)),
-    ("swiglu", (torch.randn(4, 7), False)),
+    ("swiglu", (torch.tensor(1.0),)),
+    ("swiglu", (torch.randn(4, 7),)),
     ("swiglu_backward", (torch.randn(4, 5), x12)),
     ("qkv_rope", (torch.randn(5, 32), COS, SIN, 2, 1)),
     ("qkv_rope", (torch.randn(2, 5, 32), COS, SIN, 0, 1)),
@@ -59,6 +61,20 @@ CASES = [
     ("qkv_rope_backward", (dq, dkv, dkv, COS, SIN, 3, 1)),
     ("qkv_rope_backward", (dq, dq, dkv, COS, SIN, 2, 1)),
     ("qkv_rope_backward", (dq[..., :7], dkv[..., :7], dkv[..., :7], COS, SIN, 2, 1)),
+    ("moe_route", (x12, 0, None, True, "softmax", None)),
+    ("moe_route", (x12, 13, None, True, "softmax", None)),
+    ("moe_route", (w12, 1, None, True, "softmax", None)),
+    ("moe_route", (x12, 2, 0.0, True, "softmax", None)),
+    ("moe_route", (x12, 2, math.nan, True, "softmax", None)),
+    ("moe_route", (x12, 2, None, True, "relu", None)),
+    ("moe_route", (x12, 2, None, True, "softmax", torch.zeros(11))),
+    ("moe_route", (x12.to(torch.int16), 2, None, True, "softmax", None)),
+    ("moe_permute", (torch.randn(3, 5), MOE_SLOTS, MOE_TOKENS)),
+    ("moe_permute", (torch.randn(4, 5), MOE_SLOTS.int(), MOE_TOKENS)),
+    ("moe_permute", (torch.randn(4, 5), MOE_SLOTS, MOE_TOKENS[:7])),
+    ("moe_permute_backward", (torch.randn(7, 5), MOE_SLOTS)),
+    ("moe_unpermute", (torch.randn(8, 5), torch.rand(4, 3), MOE_SLOTS, MOE_TOKENS)),
+    ("moe_unpermute_backward", (torch.randn(4, 6), torch.randn(8, 5), torch.rand(4, 2), MOE_SLOTS, MOE_TOKENS)),
 ]
 
 
@@ -118,7 +134,7 @@ PAIRS = [
      (torch.zeros(1, 2, 3, dtype=torch.long), torch.zeros(5, 12), 3, 0)),
     (tnp.horn_embedding_forward, (np.array([0]), np.zeros((5, 12, 1), f32), 3), "horn_embedding",
      (torch.tensor([0]), torch.zeros(5, 12, 1), 3, 0)),
-    (tnp.swiglu_forward, (np.zeros((4, 7), f32),), "swiglu", (torch.zeros(4, 7), False)),
+    (tnp.swiglu_forward, (np.zeros((4, 7), f32),), "swiglu", (torch.zeros(4, 7),)),
     (tnp.swiglu_backward, (np.zeros((4, 5), f32), np.zeros((4, 12), f32)), "swiglu_backward",
      (torch.zeros(4, 5), x12)),
     (tnp.qkv_rope_forward, (np.zeros((5, 32), f32), COS.numpy(), SIN.numpy(), 2, 1), "qkv_rope",
@@ -131,6 +147,22 @@ PAIRS = [
      (torch.zeros(2, 5, 32), COS[:4], SIN, 2, 1)),
     (tnp.qkv_rope_backward, (dq.numpy(), dkv.numpy(), dkv.numpy()[:, :, :4], COS.numpy(), SIN.numpy(), 2, 1),
      "qkv_rope_backward", (dq, dkv, dkv[:, :, :4], COS, SIN, 2, 1)),
+    (tnp.moe_route_forward, (np.zeros((4, 12), f32), 13), "moe_route", (x12, 13, None, True, "softmax", None)),
+    (tnp.moe_route_forward, (np.zeros((4, 12), f32), 2, -1.0), "moe_route", (x12, 2, -1.0, True, "softmax", None)),
+    (tnp.moe_route_forward, (np.zeros(12, f32), 1), "moe_route", (w12, 1, None, True, "softmax", None)),
+    (tnp.moe_route_forward, (np.zeros((4, 12), f32), 2, None, True, "relu"), "moe_route",
+     (x12, 2, None, True, "relu", None)),
+    (tnp.moe_permute_forward, (np.zeros((3, 5), f32), MOE_SLOTS.numpy(), MOE_TOKENS.numpy()), "moe_permute",
+     (torch.zeros(3, 5), MOE_SLOTS, MOE_TOKENS)),
+    (tnp.moe_permute_forward, (np.zeros((4, 5), f32), MOE_SLOTS.numpy(), MOE_TOKENS.numpy()[::-1].copy()),
+     "moe_permute", (torch.zeros(4, 5), MOE_SLOTS, MOE_TOKENS.flip(0))),
+    (tnp.moe_permute_backward, (np.zeros((7, 5), f32), MOE_SLOTS.numpy()), "moe_permute_backward",
+     (torch.zeros(7, 5), MOE_SLOTS)),
+    (tnp.moe_unpermute_forward, (np.zeros((8, 5), f32), np.ones((4, 3), f32), MOE_SLOTS.numpy(), MOE_TOKENS.numpy()),
+     "moe_unpermute", (torch.zeros(8, 5), torch.ones(4, 3), MOE_SLOTS, MOE_TOKENS)),
+    (tnp.moe_unpermute_backward, (np.zeros((4, 6), f32), np.zeros((8, 5), f32), np.ones((4, 2), f32),
+                                  MOE_SLOTS.numpy(), MOE_TOKENS.numpy()), "moe_unpermute_backward",
+     (torch.zeros(4, 6), torch.zeros(8, 5), torch.ones(4, 2), MOE_SLOTS, MOE_TOKENS)),
 ]
 
 

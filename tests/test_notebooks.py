@@ -12,11 +12,12 @@ NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 SMALL = {  # keep the training notebook to seconds
     "TPT_NB_STEPS": "20", "TPT_NB_DMODEL": "24", "TPT_NB_MAX_BYTES": "200000",
     "TPT_NB_ARGS": "--n-layers 1 --d-ff 48 --seq-len 32 --batch-size 4 --eval-batches 2",
+    "TPT_NB_MOE_D_FF": "24",
 }
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["quickstart.ipynb", "3pt_vs_baseline.ipynb"])
+@pytest.mark.parametrize("name", ["quickstart.ipynb", "3pt_vs_baseline.ipynb", "moe_balancing.ipynb"])
 def test_notebook_runs(name, tmp_path, monkeypatch):
     for key, value in {**SMALL, "TPT_NB_OUT": str(tmp_path / "runs"), "MPLBACKEND": "Agg"}.items():
         monkeypatch.setenv(key, value)

@@ -160,8 +160,12 @@ def test_training_reduces_the_loss(tmp_path):
     assert sum(r["loss"] for r in rows[-10:]) < sum(r["loss"] for r in rows[:10])
 
 
-@pytest.mark.parametrize("flags", [[], ["--baseline", "--grad-accum", "2"], ["--bf16", "--backend", "reference"]],
-                         ids=["3pt", "baseline-accum", "bf16-reference"])
+MOE = ["--moe-experts", "4", "--moe-k", "2", "--moe-d-ff", "24", "--moe-bias-rate", "0.01"]
+
+
+@pytest.mark.parametrize("flags", [[], ["--baseline", "--grad-accum", "2"], ["--bf16", "--backend", "reference"],
+                                   MOE + ["--grad-accum", "2", "--moe-capacity", "1.0", "--moe-shared", "1"]],
+                         ids=["3pt", "baseline-accum", "bf16-reference", "moe-accum"])
 def test_resume_is_exact(tmp_path, flags):
     """Stopping after step 3 and resuming gives exactly the metrics and weights of a run that never stopped."""
     common = TINY + flags + ["--steps", "6", "--eval-every", "2"]
@@ -178,6 +182,9 @@ def test_resume_is_exact(tmp_path, flags):
     a = torch.load(full / "ckpt.pt", weights_only=False)["model"]
     b = torch.load(parts / "ckpt.pt", weights_only=False)["model"]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    if flags and flags[0] == "--moe-experts":  # the selection bias moved and is part of the checkpoint
+        assert a["blocks.0.ffn.expert_bias"].abs().sum() > 0
+        assert all({"moe_loss", "moe_dropped", "moe_max_load"} <= r.keys() for r in metrics(full))
 
 
 def test_stop_before_the_first_eval(tmp_path):
@@ -227,6 +234,7 @@ def test_every_flag_is_either_run_defining_or_resumable():
     (["--n-kv-heads", "6"], "--n-kv-heads: 6 here, 3 in the checkpoint"),
     (["--d-ff", "32"], "--d-ff: 32 here, 48 in the checkpoint"),
     (["--eval-batches", "3"], "--eval-batches: 3 here, 2 in the checkpoint"),
+    (["--moe-experts", "4"], "--moe-experts: 4 here, 0 in the checkpoint"),
     ([], "--data: None here, "),  # no --data: the embedded corpus
 ])
 def test_resume_refuses_a_different_run(stopped_run, change, expected):
@@ -302,6 +310,7 @@ def test_resume_at_or_past_stop_after_trains_nothing(tmp_path, capsys, stop_afte
     (["--val-fraction", "1.5"], "--val-fraction"),
     (["--backend", "fused", "--device", "cuda"], "CPU kernels"),
     (["--stop-after", "0"], "--stop-after must be >= 1"),
+    (["--moe-experts", "-1"], "--moe-experts must be >= 0"),
     (["--steps", "65537", "--grad-accum", "65536"], "--steps x --grad-accum must be <= 2**32"),
 ])
 def test_bad_flags(flags, msg, capsys):
@@ -327,14 +336,16 @@ torch.save(model.state_dict(), os.path.join(os.environ["RANK_DIR"], f"rank{os.en
 
 
 @pytest.mark.slow
-def test_ddp_two_processes(tmp_path):
-    """torchrun with 2 CPU processes (gloo): both ranks end with identical weights, equal to rank 0's
-    checkpoint, and the run matches a single process training on the same global batch."""
+@pytest.mark.parametrize("model_flags", [[], MOE], ids=["dense", "moe"])
+def test_ddp_two_processes(tmp_path, model_flags):
+    """torchrun with 2 CPU processes (gloo): both ranks end with identical weights (and MoE selection
+    biases, updated from both ranks' counts), equal to rank 0's checkpoint, and the run matches a single
+    process training on the same global batch."""
     script = tmp_path / "ddp_train.py"
     script.write_text(textwrap.dedent(DDP_SCRIPT))
     env = {**os.environ, "RANK_DIR": str(tmp_path), "OMP_NUM_THREADS": "1",
            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-    flags = TINY + ["--steps", "3", "--eval-every", "3", "--batch-size", "2"]
+    flags = TINY + model_flags + ["--steps", "3", "--eval-every", "3", "--batch-size", "2"]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script),
            *flags, "--out", str(tmp_path / "ddp")]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
@@ -354,6 +365,10 @@ def test_ddp_two_processes(tmp_path):
     finally:
         torch.set_num_threads(threads)
     ddp_rows, single_rows = metrics(tmp_path / "ddp"), metrics(tmp_path / "single")
+    if model_flags:  # the bias saw the global batch's counts: a single process's update on that batch
+        single_state = torch.load(tmp_path / "single" / "ckpt.pt", weights_only=False)["model"]
+        assert torch.equal(rank0["blocks.0.ffn.expert_bias"], single_state["blocks.0.ffn.expert_bias"])
+        assert [r["moe_max_load"] for r in ddp_rows] == [r["moe_max_load"] for r in single_rows]
     assert [r["tokens"] for r in ddp_rows] == [r["tokens"] for r in single_rows]
     for a, b in zip(ddp_rows, single_rows):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-4)

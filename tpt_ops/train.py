@@ -31,6 +31,15 @@ trained), the number of processes, or the corpus bytes differing from the
 checkpoint's run is refused. Resuming at or past the step a run stops at
 trains nothing and says so.
 
+Mixture of experts: ``--moe-experts E`` makes the FFN of every
+``--moe-every``-th layer a token-choice MoE (``--moe-k``, ``--moe-d-ff``,
+``--moe-capacity``, ``--moe-score``, ``--moe-shared``). Its weighted
+load-balance and z losses join the training loss (``moe_loss`` in
+``metrics.jsonl``, not part of ``loss``); the routing statistics of each
+step (``moe_dropped``, ``moe_max_load``: max/mean expert load) are summed
+over all micro-batches and ranks, and so is the expert count that drives
+``--moe-bias-rate``'s selection-bias update, applied once per optimizer step.
+
 Data parallel: under ``torchrun`` every step draws one global batch of
 ``batch_size * world_size`` windows and rank r trains on its r-th share
 (a distributed sampler); rank 0 alone logs, writes metrics, checkpoints and
@@ -249,7 +258,9 @@ def plot_metrics(rows: list[dict], path: Path, title: str) -> None:
 # numerics. A resumed run must give each the checkpoint's value.
 RUN_DEFINING_ARGS = ("data", "max_bytes", "val_fraction", "steps", "d_model", "n_layers", "n_heads", "n_kv_heads",
                      "n_phases", "d_ff", "seq_len", "batch_size", "grad_accum", "lr", "min_lr_ratio", "warmup",
-                     "weight_decay", "grad_clip", "bf16", "seed", "baseline", "device", "eval_batches")
+                     "weight_decay", "grad_clip", "bf16", "seed", "baseline", "device", "eval_batches",
+                     "moe_experts", "moe_k", "moe_d_ff", "moe_capacity", "moe_score", "moe_shared",
+                     "moe_bias_rate", "moe_every")
 # The flags a resumed run may change: how it runs and reports, not what it
 # computes (fused and reference ops share one state_dict; results do not
 # depend on the thread count; evaluation and sampling draw no training
@@ -307,12 +318,15 @@ class Progress:
         self.bar = (tqdm(total=end, initial=start, unit="step", dynamic_ncols=True, file=sys.stdout)
                     if enabled and sys.stdout.isatty() else None)
 
-    def step(self, done: int, loss: float, lr: float, tokens_per_s: float) -> None:
+    def step(self, done: int, loss: float, lr: float, tokens_per_s: float, moe_stats: dict | None = None) -> None:
+        moe = {"max_load": f"{moe_stats['moe_max_load']:.2f}", "dropped": f"{moe_stats['moe_dropped']:.3f}"} \
+            if moe_stats else {}
         if self.bar is not None:
             self.bar.update(1)
-            self.bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tokens_per_s:,.0f}")
+            self.bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tokens_per_s:,.0f}", **moe)
         elif self.enabled and (done % self.every == 0 or done == self.end):
-            print(f"step {done:>6}/{self.end}  loss {loss:.4f}  lr {lr:.3g}  {tokens_per_s:,.0f} tokens/s",
+            routing = "".join(f"  {name} {value}" for name, value in moe.items())
+            print(f"step {done:>6}/{self.end}  loss {loss:.4f}  lr {lr:.3g}  {tokens_per_s:,.0f} tokens/s{routing}",
                   flush=True)
 
     def write(self, line: str) -> None:
@@ -356,6 +370,17 @@ def build_parser() -> argparse.ArgumentParser:
     a("--baseline", action="store_true", help="the matched RoPE-only baseline (no 3PT ops)")
     a("--backend", choices=("fused", "reference"), default="fused",
       help="fused C kernels or the plain-PyTorch reference ops")
+    a("--moe-experts", type=int, default=0,
+      help="routed experts of each MoE FFN (0: the dense SwiGLU FFN everywhere)")
+    a("--moe-k", type=int, default=2, help="experts per token")
+    a("--moe-d-ff", type=int, help="width of each expert (default: --d-ff)")
+    a("--moe-capacity", type=float, help="capacity factor: ceil(c * tokens * k / experts) slots per expert "
+      "(default: dropless)")
+    a("--moe-score", choices=("softmax", "sigmoid"), default="softmax", help="router score function")
+    a("--moe-shared", type=int, default=0, help="always-on shared experts per MoE FFN")
+    a("--moe-bias-rate", type=float, default=0.0,
+      help="aux-loss-free balancing: selection-bias step per optimizer step (0: off)")
+    a("--moe-every", type=int, default=1, help="every n-th layer is MoE (1: every layer)")
     a("--device", default="cpu", help="cpu, or cuda (reference backend only: the fused kernels are CPU kernels)")
     a("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
     a("--eval-every", type=int, default=250, help="steps between validation passes and checkpoints")
@@ -379,6 +404,8 @@ def check_args(p: argparse.ArgumentParser, args) -> None:
         p.error("--val-fraction must be in (0, 1)")
     if args.lr <= 0 or args.warmup < 0 or args.grad_clip < 0 or not 0 <= args.min_lr_ratio <= 1:
         p.error("need --lr > 0, --warmup >= 0, --grad-clip >= 0 and 0 <= --min-lr-ratio <= 1")
+    if args.moe_experts < 0:
+        p.error(f"--moe-experts must be >= 0, got {args.moe_experts}")
     if args.stop_after is not None and args.stop_after < 1:
         p.error(f"--stop-after must be >= 1, got {args.stop_after}")
     if args.steps * args.grad_accum > GENERATOR_SEEDS:
@@ -392,6 +419,11 @@ def model_config(args) -> TPTConfig:
     config = TPTConfig(vocab_size=VOCAB_SIZE, d_model=args.d_model, n_layers=args.n_layers,
                        n_q_heads=args.n_heads, n_kv_heads=args.n_kv_heads, n_phases=args.n_phases,
                        d_ff=args.d_ff, max_seq_len=args.seq_len, backend=args.backend)
+    if args.moe_experts:
+        config = config.replace(ffn="moe", moe_experts=args.moe_experts, moe_k=args.moe_k, moe_d_ff=args.moe_d_ff,
+                                moe_capacity=args.moe_capacity, moe_score=args.moe_score,
+                                moe_shared=args.moe_shared, moe_bias_rate=args.moe_bias_rate,
+                                moe_every=args.moe_every)
     return config.baseline() if args.baseline else config
 
 
@@ -440,6 +472,8 @@ def run(args) -> tuple[dict, ThreePhaseTransformer]:
         ddp = torch.nn.parallel.DistributedDataParallel(model) if distributed else model
 
         kind = "baseline (RoPE only)" if args.baseline else f"3PT (N={config.phases})"
+        if config.ffn == "moe":
+            kind += f", MoE {config.moe_experts} experts top-{config.moe_k} every {config.moe_every} layer(s)"
         log(f"corpus: {corpus_name}: {len(train):,} training / {len(val):,} validation bytes")
         log(f"model: {kind}, {model.num_parameters():,} parameters, backend {args.backend}, {args.device}, "
             f"{world} process(es) x {torch.get_num_threads()} threads")
@@ -463,18 +497,26 @@ def run(args) -> tuple[dict, ThreePhaseTransformer]:
             for group in optimizer.param_groups:
                 group["lr"] = lr
             loss_sum = torch.zeros((), device=args.device)
+            moe_loss_sum = torch.zeros((), device=args.device)
             for micro in range(args.grad_accum):
                 x, y = (t.to(args.device) for t in train_batch(train, args, step, micro, rank, world))
                 sync = not distributed or micro == args.grad_accum - 1
                 with (nullcontext() if sync else ddp.no_sync()), autocast(args):
                     logits = ddp(x)
                     loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten()) / args.grad_accum
-                loss.backward()
+                    moe_loss = model.moe_loss()
+                if moe_loss is None:
+                    loss.backward()
+                else:
+                    (loss + moe_loss / args.grad_accum).backward()
+                    moe_loss_sum += moe_loss.detach() / args.grad_accum
+                    model.accumulate_moe_counts()  # once per micro-batch: recomputed forwards never count
                 loss_sum += loss.detach()
             grad_norm = (torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
                          if args.grad_clip > 0 else torch.zeros(()))
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
+            moe_stats = model.moe_step()  # every rank: sums the step's expert counts, updates the biases
             if distributed:  # the logged loss is the mean over ranks
                 dist.all_reduce(loss_sum)
                 loss_sum /= world
@@ -486,6 +528,8 @@ def run(args) -> tuple[dict, ThreePhaseTransformer]:
             done = step + 1
             row = {"step": done, "loss": step_loss, "lr": lr, "grad_norm": float(grad_norm),
                    "tokens": done * tokens_per_step}
+            if moe_stats:  # rank 0's MoE losses; the load statistics are over all ranks
+                row.update(moe_loss=moe_loss_sum.item(), **moe_stats)
             if done % args.eval_every == 0 or done == args.steps:
                 val_bpb = row["val_bpb"] = evaluate(model, val, args, rank, world)
                 progress.write(f"step {done:>6}  train loss {step_loss:.4f}  val bpb {val_bpb:.4f}")
@@ -495,7 +539,7 @@ def run(args) -> tuple[dict, ThreePhaseTransformer]:
                 with open(metrics_path, "a") as f:
                     f.write(json.dumps(row) + "\n")
             last = row
-            progress.step(done, step_loss, lr, tokens_per_step * (done - start) / train_seconds)
+            progress.step(done, step_loss, lr, tokens_per_step * (done - start) / train_seconds, moe_stats)
         progress.close()
         if distributed:
             dist.barrier()  # rank 0's checkpoint and metrics are complete

@@ -5,6 +5,7 @@
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <string.h>
 
 /* Writes the formatted message and returns 1: a rule was broken. */
 static int fail(char* msg, const char* fmt, ...) {
@@ -203,4 +204,80 @@ int tpt_check_dkv(char* msg, const char* arg, tpt_shape t, int64_t B, int64_t n_
     char got[SHAPE_TEXT];
     return fail(msg, "argument '%s' has shape %s; expected [B, n_kv_heads, T, head_dim] = [%" PRId64 ", %" PRId64
                 ", %" PRId64 ", %" PRId64 "]", arg, shape_text(got, t), B, n_kv_heads, T, hd);
+}
+
+int tpt_check_moe_logits(char* msg, tpt_shape logits) {
+    if (logits.ndim == 2) return 0;
+    char got[SHAPE_TEXT];
+    return fail(msg, "argument 'logits' must be 2-d [M, E], got %s", shape_text(got, logits));
+}
+
+int tpt_check_moe_k(char* msg, int64_t k, int64_t E) {
+    if (k >= 1 && k <= E) return 0;
+    return fail(msg, "k must be in [1, E] with E=%" PRId64 " experts, got %" PRId64, E, k);
+}
+
+int tpt_check_moe_capacity_factor(char* msg, double capacity_factor) {
+    if (isfinite(capacity_factor) && capacity_factor > 0) return 0;
+    if (isnan(capacity_factor))
+        return fail(msg, "capacity_factor must be finite and > 0 (None: no capacity limit), got nan");
+    return fail(msg, "capacity_factor must be finite and > 0 (None: no capacity limit), got %g", capacity_factor);
+}
+
+int tpt_check_moe_score(char* msg, const char* score) {
+    if (strcmp(score, "softmax") == 0 || strcmp(score, "sigmoid") == 0) return 0;
+    return fail(msg, "score must be 'softmax' or 'sigmoid', got '%s'", score);
+}
+
+int tpt_check_moe_slots(char* msg, tpt_shape slots) {
+    if (slots.ndim == 2) return 0;
+    char got[SHAPE_TEXT];
+    return fail(msg, "argument 'slots' must be 2-d [M, k], got %s", shape_text(got, slots));
+}
+
+int tpt_check_moe_matrix(char* msg, const char* arg, tpt_shape t, const char* rows_name, int64_t rows, int64_t cols) {
+    if (t.ndim == 2 && t.sizes[0] == rows && (cols < 0 || t.sizes[1] == cols)) return 0;
+    char got[SHAPE_TEXT];
+    if (cols < 0)
+        return fail(msg, "argument '%s' must be 2-d [%s, D] with %s=%" PRId64 ", got %s", arg, rows_name, rows_name,
+                    rows, shape_text(got, t));
+    return fail(msg, "argument '%s' must have shape [%s, D] = [%" PRId64 ", %" PRId64 "], got %s", arg, rows_name, rows,
+                cols, shape_text(got, t));
+}
+
+int tpt_check_moe_layout(char* msg, const int64_t* slots, const int64_t* slot_token, int64_t M, int64_t k) {
+    const int64_t A = M * k;
+    for (int64_t i = 0; i < A; i++)
+        if (slots[i] < -1 || slots[i] >= A)
+            return fail(msg, "argument 'slots' holds %" PRId64 " at flat index %" PRId64 ", out of range [-1, M*k=%"
+                        PRId64 ")", slots[i], i, A);
+    if (!slot_token) return 0;
+    for (int64_t a = 0; a < A; a++)
+        if (slot_token[a] < -1 || slot_token[a] >= M)
+            return fail(msg, "argument 'slot_token' holds %" PRId64 " at row %" PRId64 ", out of range [-1, M=%" PRId64
+                        ")", slot_token[a], a, M);
+    for (int64_t i = 0; i < A; i++) {
+        if (slots[i] < 0) continue;
+        if (slot_token[slots[i]] != i / k)
+            return fail(msg, "slots[%" PRId64 ", %" PRId64 "] = %" PRId64 " but slot_token[%" PRId64 "] = %" PRId64
+                        ": slots and slot_token must come from one moe_route call", i / k, i % k, slots[i], slots[i],
+                        slot_token[slots[i]]);
+    }
+    for (int64_t a = 0; a < A; a++) {
+        const int64_t t = slot_token[a];
+        int64_t j = 0;
+        while (t >= 0 && j < k && slots[t * k + j] != a) j++;
+        if (t >= 0 && j == k)
+            return fail(msg, "slot_token[%" PRId64 "] = %" PRId64 " but no slot of token %" PRId64
+                        " holds row %" PRId64 ": slots and slot_token must come from one moe_route call", a, t, t, a);
+    }
+    return 0;
+}
+
+int tpt_check_moe_experts(char* msg, const int64_t* experts, int64_t n, int64_t E) {
+    for (int64_t i = 0; i < n; i++)
+        if (experts[i] < 0 || experts[i] >= E)
+            return fail(msg, "argument 'experts' holds %" PRId64 " at flat index %" PRId64 ", out of range [0, E=%"
+                        PRId64 ")", experts[i], i, E);
+    return 0;
 }

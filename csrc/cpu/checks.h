@@ -98,6 +98,36 @@ int tpt_check_dq(char* msg, tpt_shape dq, int64_t n_q_heads);
 /* dk or dv is [B, n_kv_heads, T, head_dim]. */
 int tpt_check_dkv(char* msg, const char* arg, tpt_shape t, int64_t B, int64_t n_kv_heads, int64_t T, int64_t hd);
 
+/* ---- moe ------------------------------------------------------------------- */
+
+/* logits is 2-d [M, E]. */
+int tpt_check_moe_logits(char* msg, tpt_shape logits);
+
+/* 1 <= k <= E: each token picks k distinct experts. */
+int tpt_check_moe_k(char* msg, int64_t k, int64_t E);
+
+/* capacity_factor is finite and > 0 (the faces pass None as "no limit" and skip this rule). */
+int tpt_check_moe_capacity_factor(char* msg, double capacity_factor);
+
+/* score is "softmax" or "sigmoid". */
+int tpt_check_moe_score(char* msg, const char* score);
+
+/* slots is 2-d [M, k]. */
+int tpt_check_moe_slots(char* msg, tpt_shape slots);
+
+/* t is 2-d [rows_name, D] with `rows` rows, and `cols` columns unless cols < 0. */
+int tpt_check_moe_matrix(char* msg, const char* arg, tpt_shape t, const char* rows_name, int64_t rows, int64_t cols);
+
+/* slots [M, k] and slot_token [M*k] (NULL: slots alone) describe one routing:
+ * every slot is -1 or a row in [0, M*k), every slot_token -1 or a token in
+ * [0, M), and a kept (t, j) at row a has slot_token[a] = t and back. The
+ * kernels index memory with them, so values that did not come from moe_route
+ * are refused here rather than read out of bounds. */
+int tpt_check_moe_layout(char* msg, const int64_t* slots, const int64_t* slot_token, int64_t M, int64_t k);
+
+/* every expert index is in [0, E). */
+int tpt_check_moe_experts(char* msg, const int64_t* experts, int64_t n, int64_t E);
+
 #ifdef __cplusplus
 }
 #endif

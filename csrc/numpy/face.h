@@ -138,6 +138,12 @@ NP_DECLARE(swiglu_forward);
 NP_DECLARE(swiglu_backward);
 NP_DECLARE(qkv_rope_forward);
 NP_DECLARE(qkv_rope_backward);
+NP_DECLARE(moe_route_forward);
+NP_DECLARE(moe_route_backward);
+NP_DECLARE(moe_permute_forward);
+NP_DECLARE(moe_permute_backward);
+NP_DECLARE(moe_unpermute_forward);
+NP_DECLARE(moe_unpermute_backward);
 #undef NP_DECLARE
 
 #endif

@@ -32,6 +32,16 @@ static PyMethodDef methods[] = {
     METHOD(qkv_rope_forward, "qkv_rope_forward(qkv, cos, sin_signed, n_q_heads, n_kv_heads) -> (q, k, v)"),
     METHOD(qkv_rope_backward,
            "qkv_rope_backward(dq, dk, dv, cos, sin_signed, n_q_heads, n_kv_heads) -> dqkv"),
+    METHOD(moe_route_forward,
+           "moe_route_forward(logits, k, capacity_factor=None, normalize=True, score='softmax', bias=None) -> "
+           "(gates, experts, slots, slot_token, counts, aux_loss, z_loss)"),
+    METHOD(moe_route_backward,
+           "moe_route_backward(dgates, daux, dz, logits, experts, gates, slots, counts, normalize=True, "
+           "score='softmax') -> dlogits"),
+    METHOD(moe_permute_forward, "moe_permute_forward(x, slots, slot_token) -> buf"),
+    METHOD(moe_permute_backward, "moe_permute_backward(dbuf, slots) -> dx"),
+    METHOD(moe_unpermute_forward, "moe_unpermute_forward(out, gates, slots, slot_token) -> y"),
+    METHOD(moe_unpermute_backward, "moe_unpermute_backward(dy, out, gates, slots, slot_token) -> (dout, dgates)"),
     {NULL, NULL, 0, NULL},
 };
 

@@ -23,6 +23,7 @@
 
 #include "block.h"
 #include "horn.h"
+#include "moe.h"
 #include "norm.h"
 #include "rope.h"
 #include "rotate.h"
@@ -31,6 +32,8 @@
 enum { M = 300, N_PHASES = 3, P = 70, D = N_PHASES * P, T = 100, OFFSET = 3, VOCAB = 50, F = 77 };
 enum { ROPE_B = 2, ROPE_T = M / ROPE_B, ROPE_H = 4, ROPE_HKV = 2, ROPE_HD = 38 };
 enum { ROPE_W = (ROPE_H + 2 * ROPE_HKV) * ROPE_HD };
+enum { MOE_E = 13, MOE_K = 3, MOE_A = M * MOE_K };
+static const double MOE_CAPACITY_FACTOR = 0.9, MOE_DAUX = 0.7, MOE_DZ = -0.3;
 enum { N_THREADS = 3 };
 static const double EPS = 1e-6;
 
@@ -99,6 +102,11 @@ typedef struct {
     void *sw_gu, *sw_h, *sw_dh, *sw_dgu, *sw_dgu_inplace;
     /* rope */
     void *rope_qkv, *rope_cos, *rope_sin, *rope_q, *rope_k, *rope_v, *rope_dq, *rope_dk, *rope_dv, *rope_dqkv;
+    /* moe: route with a bias and capacity dropping, then the data path over [M, D] rows */
+    void *moe_logits, *moe_bias, *moe_gates, *moe_prob_partials, *moe_lse_partials, *moe_prob_sums, *moe_lse_sum;
+    void *moe_aux, *moe_z, *moe_dgates, *moe_dlogits, *moe_x, *moe_buf, *moe_dbuf, *moe_dx, *moe_y, *moe_dy;
+    void *moe_dout, *moe_dgates_out;
+    int64_t *moe_experts, *moe_slots, *moe_slot_token, *moe_counts;
 } Case;
 
 static Case make_case(tpt_dtype dt) {
@@ -170,6 +178,30 @@ static Case make_case(tpt_dtype dt) {
     c.rope_dk = storage_array(dt, M * ROPE_HKV * ROPE_HD, -1, 1);
     c.rope_dv = storage_array(dt, M * ROPE_HKV * ROPE_HD, -1, 1);
     c.rope_dqkv = zeros(dt, M * ROPE_W);
+
+    c.moe_logits = storage_array(dt, M * MOE_E, -4, 4);
+    c.moe_bias = param_array(dt, MOE_E, -0.05, 0.05);
+    c.moe_gates = zeros(c.ct, MOE_A);
+    c.moe_prob_partials = zeros(c.ct, nb * MOE_E);
+    c.moe_lse_partials = zeros(c.ct, nb);
+    c.moe_prob_sums = zeros(c.ct, MOE_E);
+    c.moe_lse_sum = zeros(c.ct, 1);
+    c.moe_aux = zeros(c.ct, 1);
+    c.moe_z = zeros(c.ct, 1);
+    c.moe_experts = checked_malloc(MOE_A * sizeof(int64_t));
+    c.moe_slots = checked_malloc(MOE_A * sizeof(int64_t));
+    c.moe_slot_token = checked_malloc(MOE_A * sizeof(int64_t));
+    c.moe_counts = checked_malloc(MOE_E * sizeof(int64_t));
+    c.moe_dgates = param_array(dt, MOE_A, -1, 1);
+    c.moe_dlogits = zeros(dt, M * MOE_E);
+    c.moe_x = storage_array(dt, M * D, -2, 2);
+    c.moe_buf = zeros(dt, MOE_A * D);
+    c.moe_dbuf = storage_array(dt, MOE_A * D, -1, 1);
+    c.moe_dx = zeros(dt, M * D);
+    c.moe_y = zeros(dt, M * D);
+    c.moe_dy = storage_array(dt, M * D, -1, 1);
+    c.moe_dout = zeros(dt, MOE_A * D);
+    c.moe_dgates_out = zeros(c.ct, MOE_A);
     return c;
 }
 
@@ -179,26 +211,31 @@ typedef enum {
     NORM_FORWARD, NORM_BACKWARD, ROTATE_FORWARD, ROTATE_BACKWARD, HORN_INJECT_FORWARD, HORN_INJECT_BACKWARD,
     HORN_EMBEDDING_FORWARD, HORN_EMBEDDING_BACKWARD, ADD_ROTATE_NORM_FORWARD, ADD_ROTATE_NORM_BACKWARD,
     ADD_NORM_FORWARD, ADD_NORM_BACKWARD, SWIGLU_FORWARD, SWIGLU_BACKWARD, SWIGLU_BACKWARD_INPLACE,
-    QKV_ROPE_FORWARD, QKV_ROPE_BACKWARD, N_KERNELS
+    QKV_ROPE_FORWARD, QKV_ROPE_BACKWARD, MOE_ROUTE_FORWARD, MOE_ROUTE_BACKWARD, MOE_PERMUTE_FORWARD,
+    MOE_PERMUTE_BACKWARD, MOE_UNPERMUTE_FORWARD, MOE_UNPERMUTE_BACKWARD, N_KERNELS
 } Kernel;
 
 static const char* const KERNEL_NAMES[N_KERNELS] = {
     "phase_rmsnorm_forward", "phase_rmsnorm_backward", "phase_rotate_forward", "phase_rotate_backward",
     "horn_inject_forward", "horn_inject_backward", "horn_embedding_forward", "horn_embedding_backward",
     "add_rotate_norm_forward", "add_rotate_norm_backward", "add_norm_forward", "add_norm_backward",
-    "swiglu_forward", "swiglu_backward", "swiglu_backward_inplace", "qkv_rope_forward", "qkv_rope_backward"};
+    "swiglu_forward", "swiglu_backward", "swiglu_backward_inplace", "qkv_rope_forward", "qkv_rope_backward",
+    "moe_route_forward", "moe_route_backward", "moe_permute_forward", "moe_permute_backward",
+    "moe_unpermute_forward", "moe_unpermute_backward"};
 
 /* Calls the float64 or the float32 kernel; parameters are void* here and
  * convert to either kernel's real*. */
 #define CALL(c, name, ...) ((c)->dt == TPT_FLOAT64 ? name##_f64(__VA_ARGS__) : name##_f32(__VA_ARGS__))
 
 static int is_block_kernel(Kernel k) {
-    return k == NORM_BACKWARD || k == ROTATE_BACKWARD || k == ADD_ROTATE_NORM_BACKWARD || k == ADD_NORM_BACKWARD;
+    return k == NORM_BACKWARD || k == ROTATE_BACKWARD || k == ADD_ROTATE_NORM_BACKWARD || k == ADD_NORM_BACKWARD ||
+           k == MOE_ROUTE_FORWARD;
 }
 
 /* How many items (rows, row blocks or vocabulary rows) the glue splits. */
 static int64_t extent(Kernel k) {
     if (is_block_kernel(k)) return tpt_num_row_blocks(M);
+    if (k == MOE_PERMUTE_FORWARD || k == MOE_UNPERMUTE_BACKWARD) return MOE_A;
     return k == HORN_EMBEDDING_BACKWARD ? VOCAB : M;
 }
 
@@ -207,7 +244,10 @@ static int64_t grain(Kernel k) {
     if (is_block_kernel(k)) return 1;
     const int64_t width = k == QKV_ROPE_FORWARD || k == QKV_ROPE_BACKWARD ? ROPE_W
                           : k == SWIGLU_FORWARD || k == SWIGLU_BACKWARD || k == SWIGLU_BACKWARD_INPLACE ? 2 * F
-                                                                                                         : D;
+                          : k == MOE_ROUTE_BACKWARD                                                     ? 4 * MOE_E
+                          : k == MOE_PERMUTE_BACKWARD || k == MOE_UNPERMUTE_FORWARD                     ? MOE_K * D
+                          : k == MOE_UNPERMUTE_BACKWARD                                                 ? 2 * D
+                                                                                                        : D;
     return 16384 / width > 1 ? 16384 / width : 1;
 }
 
@@ -268,6 +308,23 @@ static int run_range(Case* c, Kernel k, int64_t begin, int64_t end) {
         return CALL(c, qkv_rope_backward, c->rope_dqkv, c->rope_dq, time_major(ROPE_H), c->rope_dk,
                     head_major(ROPE_HKV), c->rope_dv, head_major(ROPE_HKV), c->rope_cos, c->rope_sin, dt, begin, end,
                     ROPE_T, ROPE_H, ROPE_HKV, ROPE_HD);
+    case MOE_ROUTE_FORWARD:
+        return CALL(c, moe_route_forward, c->moe_gates, c->moe_experts, c->moe_prob_partials, c->moe_lse_partials,
+                    c->moe_logits, c->moe_bias, dt, begin, end, M, MOE_E, MOE_K, 1, TPT_MOE_SOFTMAX);
+    case MOE_ROUTE_BACKWARD:
+        return CALL(c, moe_route_backward, c->moe_dlogits, c->moe_dgates, MOE_DAUX, MOE_DZ, c->moe_logits,
+                    c->moe_experts, c->moe_gates, c->moe_slots, c->moe_counts, dt, begin, end, M, MOE_E, MOE_K, 1,
+                    TPT_MOE_SOFTMAX);
+    case MOE_PERMUTE_FORWARD:
+        return moe_permute_forward(c->moe_buf, c->moe_x, c->moe_slot_token, dt, begin, end, D);
+    case MOE_PERMUTE_BACKWARD:
+        return CALL(c, moe_permute_backward, c->moe_dx, c->moe_dbuf, c->moe_slots, dt, begin, end, MOE_K, D);
+    case MOE_UNPERMUTE_FORWARD:
+        return CALL(c, moe_unpermute_forward, c->moe_y, c->moe_buf, c->moe_gates, c->moe_slots, dt, begin, end,
+                    MOE_K, D);
+    case MOE_UNPERMUTE_BACKWARD:
+        return CALL(c, moe_unpermute_backward, c->moe_dout, c->moe_dgates_out, c->moe_dy, c->moe_buf, c->moe_gates,
+                    c->moe_slots, c->moe_slot_token, dt, begin, end, MOE_K, D);
     default:
         return -1;
     }
@@ -279,6 +336,7 @@ static void before(Case* c, Kernel k) {
     if (k == HORN_EMBEDDING_BACKWARD) horn_embedding_group(c->emb_order, c->emb_offsets, c->emb_ids, M, VOCAB);
     if (k == SWIGLU_BACKWARD_INPLACE)
         memcpy(c->sw_dgu_inplace, c->sw_gu, (size_t)(M * 2 * F * tpt_dtype_size(c->dt)));
+    if (k == MOE_UNPERMUTE_BACKWARD) memset(c->moe_dgates_out, 0, (size_t)(MOE_A * tpt_dtype_size(c->ct)));
 }
 
 static void sum_partials(Case* c, void* out, const void* partials, int64_t n) {
@@ -294,6 +352,22 @@ static void after(Case* c, Kernel k) {
         sum_partials(c, c->blk_dw, c->blk_dw_partials, D);
         if (k == ADD_ROTATE_NORM_BACKWARD) sum_partials(c, c->blk_dth, c->blk_dth_partials, P / 2);
     }
+    if (k == MOE_ROUTE_FORWARD) { /* the glue's serial steps after the row blocks */
+        sum_partials(c, c->moe_prob_sums, c->moe_prob_partials, MOE_E);
+        sum_partials(c, c->moe_lse_sum, c->moe_lse_partials, 1);
+        const int64_t capacity = moe_capacity(MOE_CAPACITY_FACTOR, M, MOE_E, MOE_K);
+        if (moe_route_assign(c->moe_slots, c->moe_slot_token, c->moe_counts, c->moe_experts, M, MOE_E, MOE_K,
+                             capacity) != TPT_OK) {
+            fprintf(stderr, "kernel_hashes: moe_route_assign failed\n");
+            exit(2);
+        }
+        if (c->ct == TPT_FLOAT64)
+            moe_route_losses_f64(c->moe_gates, c->moe_aux, c->moe_z, c->moe_slots, c->moe_counts, c->moe_prob_sums,
+                                 *(double*)c->moe_lse_sum, M, MOE_E, MOE_K);
+        else
+            moe_route_losses_f32(c->moe_gates, c->moe_aux, c->moe_z, c->moe_slots, c->moe_counts, c->moe_prob_sums,
+                                 *(float*)c->moe_lse_sum, M, MOE_E, MOE_K);
+    }
 }
 
 /* ---- hashing the outputs ---- */
@@ -303,6 +377,9 @@ static uint64_t fnv1a(uint64_t h, const void* p, int64_t n_elements, tpt_dtype d
     for (int64_t i = 0; i < n_elements * tpt_dtype_size(dt); i++) h = (h ^ b[i]) * 0x100000001b3ull;
     return h;
 }
+
+/* int64 indices hash as 8-byte elements, the size of a float64 */
+#define INDEX_BYTES TPT_FLOAT64
 
 static uint64_t output_hash(const Case* c, Kernel k) {
     const tpt_dtype dt = c->dt, ct = c->ct;
@@ -334,6 +411,19 @@ static uint64_t output_hash(const Case* c, Kernel k) {
         h = fnv1a(h, c->rope_k, M * ROPE_HKV * ROPE_HD, dt);
         return fnv1a(h, c->rope_v, M * ROPE_HKV * ROPE_HD, dt);
     case QKV_ROPE_BACKWARD: return fnv1a(h, c->rope_dqkv, M * ROPE_W, dt);
+    case MOE_ROUTE_FORWARD:
+        h = fnv1a(h, c->moe_gates, MOE_A, ct);
+        h = fnv1a(h, c->moe_experts, MOE_A, INDEX_BYTES);
+        h = fnv1a(h, c->moe_slots, MOE_A, INDEX_BYTES);
+        h = fnv1a(h, c->moe_slot_token, MOE_A, INDEX_BYTES);
+        h = fnv1a(h, c->moe_counts, MOE_E, INDEX_BYTES);
+        h = fnv1a(h, c->moe_aux, 1, ct);
+        return fnv1a(h, c->moe_z, 1, ct);
+    case MOE_ROUTE_BACKWARD: return fnv1a(h, c->moe_dlogits, M * MOE_E, dt);
+    case MOE_PERMUTE_FORWARD: return fnv1a(h, c->moe_buf, MOE_A * D, dt);
+    case MOE_PERMUTE_BACKWARD: return fnv1a(h, c->moe_dx, M * D, dt);
+    case MOE_UNPERMUTE_FORWARD: return fnv1a(h, c->moe_y, M * D, dt);
+    case MOE_UNPERMUTE_BACKWARD: h = fnv1a(h, c->moe_dout, MOE_A * D, dt); return fnv1a(h, c->moe_dgates_out, MOE_A, ct);
     default: return 0;
     }
 }

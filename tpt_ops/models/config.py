@@ -6,6 +6,9 @@ from dataclasses import dataclass
 
 from tpt_ops.nn.attention import check_heads
 from tpt_ops.nn.backend import check_backend
+from tpt_ops.nn.moe import check_moe_args
+
+FFN_KINDS = ("dense", "moe")
 
 
 @dataclass(frozen=True)
@@ -21,8 +24,17 @@ class TPTConfig:
     (``n_q_heads`` and ``n_kv_heads`` both divisible by ``n_phases``), an odd
     phase width ``d_model / n_phases`` with rotation on, ``n_q_heads`` not a
     multiple of ``n_kv_heads``, ``d_model`` not divisible by ``n_q_heads``, an
-    odd head_dim (RoPE), non-positive sizes, an unknown backend. The phase
-    constraints apply only when some 3PT feature is on.
+    odd head_dim (RoPE), non-positive sizes, an unknown backend, an invalid
+    MoE setting. The phase constraints apply only when some 3PT feature is on.
+
+    ``ffn="moe"`` replaces the SwiGLU FFN of every ``moe_every``-th layer
+    (layers ``moe_every - 1, 2 * moe_every - 1, ...``; 1 = every layer) by a
+    :class:`~tpt_ops.nn.TokenChoiceMoE` of ``moe_experts`` experts of width
+    ``moe_d_ff`` (None: ``d_ff``), ``moe_k`` per token, capacity factor
+    ``moe_capacity`` (None: dropless), ``moe_score`` scores, ``moe_shared``
+    shared experts, load-balance / z-loss weights ``moe_aux_weight`` /
+    ``moe_z_weight`` and selection-bias rate ``moe_bias_rate``. The ``moe_*``
+    fields are ignored when ``ffn="dense"``.
     """
 
     vocab_size: int = 256
@@ -39,6 +51,17 @@ class TPTConfig:
     eps: float = 1e-6
     rope_base: float = 10000.0
     backend: str = "fused"
+    ffn: str = "dense"
+    moe_every: int = 1
+    moe_experts: int = 8
+    moe_k: int = 2
+    moe_d_ff: int | None = None
+    moe_capacity: float | None = None
+    moe_score: str = "softmax"
+    moe_shared: int = 0
+    moe_aux_weight: float = 1e-2
+    moe_z_weight: float = 1e-3
+    moe_bias_rate: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "d_model", "n_layers", "n_q_heads", "n_kv_heads", "n_phases", "d_ff",
@@ -61,6 +84,26 @@ class TPTConfig:
             check_heads(self.d_model, self.n_q_heads, self.n_kv_heads, N)
         except ValueError as e:
             raise ValueError(f"TPTConfig: {e}") from None
+        if self.ffn not in FFN_KINDS:
+            raise ValueError(f"TPTConfig.ffn must be one of {FFN_KINDS}, got {self.ffn!r}")
+        if self.ffn == "moe":
+            if not isinstance(self.moe_every, int) or isinstance(self.moe_every, bool) or self.moe_every < 1:
+                raise ValueError(f"TPTConfig.moe_every must be a positive int, got {self.moe_every!r}")
+            if self.moe_every > self.n_layers:
+                raise ValueError(f"TPTConfig: moe_every ({self.moe_every}) exceeds n_layers ({self.n_layers}): "
+                                 "no layer would be MoE")
+            check_moe_args("TPTConfig", **self.moe_options(), d_model=self.d_model)
+
+    def is_moe_layer(self, layer_idx: int) -> bool:
+        """True when layer ``layer_idx``'s FFN is a MoE (``ffn="moe"`` and every ``moe_every``-th layer)."""
+        return self.ffn == "moe" and layer_idx % self.moe_every == self.moe_every - 1
+
+    def moe_options(self) -> dict:
+        """The :class:`~tpt_ops.nn.TokenChoiceMoE` arguments of a MoE layer (other than d_model, backend)."""
+        return dict(d_ff=self.moe_d_ff if self.moe_d_ff is not None else self.d_ff, n_experts=self.moe_experts,
+                    k=self.moe_k, capacity_factor=self.moe_capacity, score=self.moe_score,
+                    n_shared_experts=self.moe_shared, aux_loss_weight=self.moe_aux_weight,
+                    z_loss_weight=self.moe_z_weight, bias_update_rate=self.moe_bias_rate)
 
     @property
     def is_3pt(self) -> bool:

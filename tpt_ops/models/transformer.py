@@ -10,11 +10,12 @@ from tpt_ops.nn.attention import KVCache, RotaryEmbedding
 from tpt_ops.nn.backend import check_backend
 from tpt_ops.nn.block import ThreePhaseBlock
 from tpt_ops.nn.embedding import HornEmbedding
+from tpt_ops.nn.moe import TokenChoiceMoE, all_reduce_counts
 from tpt_ops.nn.norm import PhaseRMSNorm
 
 
 class ThreePhaseTransformer(nn.Module):
-    """Decoder-only 3PT language model (SPEC 1): ``model(ids [B, T]) -> logits [B, T, vocab]``.
+    """Decoder-only 3PT language model (docs/model.md): ``model(ids [B, T]) -> logits [B, T, vocab]``.
 
     embedding (+ Gabriel's horn) -> ``n_layers`` x :class:`ThreePhaseBlock`
     -> final (per-phase) RMSNorm -> bias-free untied head. The forward chains
@@ -33,7 +34,10 @@ class ThreePhaseTransformer(nn.Module):
     ``blocks.{i}.attn.qkv.weight`` ([W_q; W_k; W_v]), ``blocks.{i}.attn.o.weight``,
     ``blocks.{i}.rotation.theta``, ``blocks.{i}.norm2.weight``,
     ``blocks.{i}.ffn.gate_up.weight`` ([W_gate; W_up]), ``blocks.{i}.ffn.down.weight``,
-    ``norm_f.weight``, ``head.weight``.
+    ``norm_f.weight``, ``head.weight``. A MoE layer (``config.ffn="moe"``) holds
+    ``blocks.{i}.ffn.router.weight``, ``.w_gate``, ``.w_up``, ``.w_down``, ``.expert_bias``
+    (and ``.shared.*``) instead of the SwiGLU's; after a forward, :meth:`moe_loss`
+    is the sum of its layers' weighted losses, which the caller adds to its loss.
     """
 
     def __init__(self, config: TPTConfig, device: torch.device | str | None = None,
@@ -48,7 +52,8 @@ class ThreePhaseTransformer(nn.Module):
         self.blocks = nn.ModuleList(
             ThreePhaseBlock(c.d_model, c.n_q_heads, c.n_kv_heads, c.d_ff, c.phases, i, c.n_layers,
                             use_rotation=c.use_rotation, use_phase_norm=c.use_phase_norm, eps=c.eps,
-                            backend=c.backend, **factory)
+                            backend=c.backend, moe_options=c.moe_options() if c.is_moe_layer(i) else None,
+                            **factory)
             for i in range(c.n_layers))
         self.norm_f = PhaseRMSNorm(c.d_model, c.norm_phases, c.eps, c.backend, **factory)
         self.head = nn.Linear(c.d_model, c.vocab_size, bias=False, **factory)
@@ -81,6 +86,41 @@ class ThreePhaseTransformer(nn.Module):
         """Number of parameters (optionally without the embedding table)."""
         n = sum(p.numel() for p in self.parameters())
         return n - self.embedding.weight.numel() if exclude_embedding else n
+
+    # -------------------------------------------------------------------- MoE
+
+    def moe_layers(self) -> list[TokenChoiceMoE]:
+        """The MoE FFNs, in layer order (empty for a dense model)."""
+        return [block.ffn for block in self.blocks if isinstance(block.ffn, TokenChoiceMoE)]
+
+    def moe_loss(self) -> Tensor | None:
+        """Sum of the MoE layers' weighted aux and z losses of the last forward (None for a dense model)."""
+        layers = self.moe_layers()
+        if not layers:
+            return None
+        return sum(layer.aux_loss + layer.z_loss for layer in layers)
+
+    def accumulate_moe_counts(self) -> None:
+        """Adds the last forward's expert counts to the step's; call once per training micro-batch."""
+        for layer in self.moe_layers():
+            layer.accumulate_counts()
+
+    def moe_step(self) -> dict[str, float]:
+        """Ends an optimizer step for every MoE layer (one all-reduce of all their counts under DDP).
+
+        Updates the selection biases from the step's counts and returns the step's routing
+        statistics: ``moe_dropped`` (fraction of assignments dropped, over all layers) and
+        ``moe_max_load`` (the largest max/mean expert load of any layer); {} for a dense model.
+        """
+        layers = self.moe_layers()
+        if not layers:
+            return {}
+        counts, assignments = all_reduce_counts([layer.step_counts for layer in layers],
+                                                [layer.step_assignments for layer in layers])
+        stats = [layer.moe_step(c.clone(), n) for layer, c, n in zip(layers, counts, assignments)]
+        total = sum(assignments)
+        dropped = sum(s["dropped"] * n for s, n in zip(stats, assignments)) / total if total else 0.0
+        return {"moe_dropped": dropped, "moe_max_load": max(s["max_load"] for s in stats)}
 
     def new_kv_cache(self, capacity: int | None = None) -> KVCache:
         """An empty KV cache for up to ``capacity`` (default ``max_seq_len``) positions."""

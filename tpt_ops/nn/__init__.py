@@ -10,6 +10,7 @@ from tpt_ops.nn.backend import BACKENDS, OP_NAMES, Ops, check_backend, ops_for
 from tpt_ops.nn.block import ThreePhaseBlock
 from tpt_ops.nn.embedding import HornEmbedding
 from tpt_ops.nn.ffn import SwiGLU
+from tpt_ops.nn.moe import TokenChoiceMoE
 from tpt_ops.nn.norm import PhaseRMSNorm
 from tpt_ops.nn.rotation import PhaseRotation
 
@@ -17,5 +18,5 @@ __all__ = [
     "BACKENDS", "OP_NAMES", "Ops", "check_backend", "ops_for",
     "PhaseRMSNorm", "PhaseRotation", "HornEmbedding",
     "RotaryEmbedding", "rotate_half", "check_heads", "KVCache", "GroupedQueryAttention",
-    "SwiGLU", "ThreePhaseBlock",
+    "SwiGLU", "TokenChoiceMoE", "ThreePhaseBlock",
 ]

@@ -7,7 +7,7 @@ Every module of :mod:`tpt_ops.nn` that uses a 3PT op takes ``backend``:
 * ``"reference"`` the same-named functions of :mod:`tpt_ops.reference`
   (plain PyTorch, the ground truth and the "unfused" baseline).
 
-Both expose the same eight functions with the same signatures, so a model's
+Both expose the same eleven functions with the same signatures, so a model's
 math, parameters and state_dict do not depend on the backend.
 """
 from __future__ import annotations
@@ -22,7 +22,7 @@ BACKENDS = ("fused", "reference")
 
 #: The functional ops a backend must provide (names and signatures of tpt_ops.reference).
 OP_NAMES = ("phase_rmsnorm", "phase_rotate", "horn_inject", "horn_embedding", "add_rotate_norm", "add_norm",
-            "swiglu", "qkv_rope")
+            "swiglu", "qkv_rope", "moe_route", "moe_permute", "moe_unpermute")
 
 _MODULES = {"fused": tpt_ops, "reference": tpt_ops.reference}
 
@@ -40,6 +40,9 @@ class Ops:
     add_norm: Callable
     swiglu: Callable
     qkv_rope: Callable
+    moe_route: Callable
+    moe_permute: Callable
+    moe_unpermute: Callable
 
 
 _CACHE: dict[str, Ops] = {}
@@ -52,29 +55,14 @@ def check_backend(backend: str) -> str:
     return backend
 
 
-def _unavailable(module: str, name: str) -> Callable:
-    def op(*args, **kwargs):
-        raise NotImplementedError(
-            f"{module}.{name} is not available (its kernel is not in this build); use backend='reference'")
-    op.__name__ = name
-    return op
-
-
 def ops_for(backend: str) -> Ops:
-    """The functional ops of ``backend`` ("fused" or "reference").
+    """The functional ops of ``backend`` ("fused" or "reference"); ``ValueError`` for an unknown backend.
 
-    Raises ``ValueError`` for an unknown backend. A fused op that
-    :mod:`tpt_ops` does not export (kernel not built yet) is replaced by a
-    stub raising ``NotImplementedError`` when called, so the ops that exist
-    stay usable; such a partial set is not cached.
+    Without the compiled extension the fused ops raise an ``ImportError``
+    saying how to build it when called; the reference ops always work.
     """
     ops = _CACHE.get(backend)
-    if ops is not None:
-        return ops
-    check_backend(backend)
-    module = _MODULES[backend]
-    found = {name: getattr(module, name, None) for name in OP_NAMES}
-    ops = Ops(backend, **{name: fn or _unavailable(module.__name__, name) for name, fn in found.items()})
-    if all(found.values()):
-        _CACHE[backend] = ops
+    if ops is None:
+        module = _MODULES[check_backend(backend)]
+        ops = _CACHE[backend] = Ops(backend, **{name: getattr(module, name) for name in OP_NAMES})
     return ops

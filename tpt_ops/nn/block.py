@@ -1,4 +1,4 @@
-"""The 3PT decoder block, written for the fused add+rotate+norm / add+norm chain (SPEC 1e)."""
+"""The 3PT decoder block, written for the fused add+rotate+norm / add+norm chain (docs/model.md, docs/ops/block.md)."""
 from __future__ import annotations
 
 import torch
@@ -7,12 +7,13 @@ from torch import Tensor, nn
 from tpt_ops.nn.attention import GroupedQueryAttention, KVCache
 from tpt_ops.nn.backend import check_backend, ops_for
 from tpt_ops.nn.ffn import SwiGLU
+from tpt_ops.nn.moe import TokenChoiceMoE
 from tpt_ops.nn.norm import PhaseRMSNorm
 from tpt_ops.nn.rotation import PhaseRotation
 
 
 class ThreePhaseBlock(nn.Module):
-    """Pre-norm 3PT block: GQA attention, non-residual phase rotation, SwiGLU FFN.
+    """Pre-norm 3PT block: GQA attention, non-residual phase rotation, SwiGLU (or MoE) FFN.
 
     Math (the reference block)::
 
@@ -41,12 +42,15 @@ class ThreePhaseBlock(nn.Module):
         use_phase_norm: norms per phase (3PT) or plain RMSNorm, N=1 (baseline).
         eps: RMSNorm epsilon.
         backend: ``"fused"`` or ``"reference"``.
+        moe_options: None for the SwiGLU FFN of width ``d_ff``; else the
+            :class:`TokenChoiceMoE` arguments (other than d_model and backend) of the FFN.
     """
 
     def __init__(self, d_model: int, n_q_heads: int, n_kv_heads: int, d_ff: int, n_phases: int = 3,
                  layer_idx: int = 0, n_layers: int = 1, use_rotation: bool = True,
                  use_phase_norm: bool = True, eps: float = 1e-6, backend: str = "fused",
-                 device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> None:
+                 moe_options: dict | None = None, device: torch.device | str | None = None,
+                 dtype: torch.dtype | None = None) -> None:
         super().__init__()
         self.layer_idx = layer_idx
         self.backend = check_backend(backend)
@@ -57,7 +61,8 @@ class ThreePhaseBlock(nn.Module):
         self.rotation = (PhaseRotation(d_model, n_phases, layer_idx, n_layers, backend, **factory)
                          if use_rotation else None)
         self.norm2 = PhaseRMSNorm(d_model, norm_phases, eps, backend, **factory)
-        self.ffn = SwiGLU(d_model, d_ff, backend, **factory)
+        self.ffn = (SwiGLU(d_model, d_ff, backend, **factory) if moe_options is None
+                    else TokenChoiceMoE(d_model, **moe_options, backend=backend, **factory))
 
     def reset_parameters(self) -> None:
         """Re-initialises every sub-module."""

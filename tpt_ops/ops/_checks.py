@@ -94,3 +94,58 @@ def check_pairs(op: str, D: int, n_phases: int) -> int:
         fail(op, f"the phase width P={P} (D={D}, n_phases={n_phases}) is odd; "
                  "the rotation needs (even, odd) channel pairs")
     return P
+
+
+# ---- moe (csrc/cpu/checks.c: tpt_check_moe_*) ----
+
+def check_index(op: str, arg: str, t: Tensor, x: Tensor) -> None:
+    """An int64 index tensor (slots, slot_token, experts, counts) on x's device."""
+    if t.dtype != torch.int64:
+        fail(op, f"argument '{arg}' has dtype {dtype_name(t.dtype)}; expected int64")
+    if t.device != x.device:
+        fail(op, f"argument '{arg}' is on a different device from the input")
+
+
+def check_moe_logits(op: str, logits: Tensor) -> tuple[int, int]:
+    """(M, E) of logits [M, E]."""
+    check_float(op, "logits", logits)
+    if logits.dim() != 2:
+        fail(op, f"argument 'logits' must be 2-d [M, E], got {list(logits.shape)}")
+    return logits.shape[0], logits.shape[1]
+
+
+def check_moe_k(op: str, k: int, E: int) -> None:
+    if not 1 <= k <= E:
+        fail(op, f"k must be in [1, E] with E={E} experts, got {k}")
+
+
+def check_moe_capacity_factor(op: str, capacity_factor: float | None) -> None:
+    """None (no capacity limit) or finite and > 0 (formatted as C's %g)."""
+    if capacity_factor is not None and not (math.isfinite(capacity_factor) and capacity_factor > 0):
+        fail(op, f"capacity_factor must be finite and > 0 (None: no capacity limit), got {capacity_factor:g}")
+
+
+def check_moe_score(op: str, score: str) -> None:
+    if score not in ("softmax", "sigmoid"):
+        fail(op, f"score must be 'softmax' or 'sigmoid', got '{score}'")
+
+
+def check_moe_slots(op: str, slots: Tensor) -> tuple[int, int]:
+    """(M, k) of slots [M, k]."""
+    if slots.dim() != 2:
+        fail(op, f"argument 'slots' must be 2-d [M, k], got {list(slots.shape)}")
+    return slots.shape[0], slots.shape[1]
+
+
+def check_moe_matrix(op: str, arg: str, t: Tensor, rows_name: str, rows: int, cols: int = -1) -> None:
+    """t is 2-d [rows_name, D] with `rows` rows, and `cols` columns unless cols < 0."""
+    if t.dim() == 2 and t.shape[0] == rows and (cols < 0 or t.shape[1] == cols):
+        return
+    if cols < 0:
+        fail(op, f"argument '{arg}' must be 2-d [{rows_name}, D] with {rows_name}={rows}, got {list(t.shape)}")
+    fail(op, f"argument '{arg}' must have shape [{rows_name}, D] = [{rows}, {cols}], got {list(t.shape)}")
+
+
+def check_moe_slot_token(op: str, slot_token: Tensor, A: int) -> None:
+    if slot_token.dim() != 1 or slot_token.shape[0] != A:
+        fail(op, f"argument 'slot_token' must have shape [{A}], got {list(slot_token.shape)}")
