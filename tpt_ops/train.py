@@ -33,7 +33,8 @@ trains nothing and says so.
 
 Mixture of experts: ``--moe-experts E`` makes the FFN of every
 ``--moe-every``-th layer a token-choice MoE (``--moe-k``, ``--moe-d-ff``,
-``--moe-capacity``, ``--moe-score``, ``--moe-shared``). Its weighted
+``--moe-capacity``, ``--moe-score``, ``--moe-shared``,
+``--moe-aux-weight``, ``--moe-z-weight``). Its weighted
 load-balance and z losses join the training loss (``moe_loss`` in
 ``metrics.jsonl``, not part of ``loss``); the routing statistics of each
 step (``moe_dropped``, ``moe_max_load``: max/mean expert load) are summed
@@ -44,6 +45,17 @@ Data parallel: under ``torchrun`` every step draws one global batch of
 ``batch_size * world_size`` windows and rank r trains on its r-th share
 (a distributed sampler); rank 0 alone logs, writes metrics, checkpoints and
 samples.
+
+Expert parallel: ``torchrun --nproc_per_node=G -m tpt_ops.train --moe-experts E
+--expert-parallel G`` shards every MoE layer's experts over the G ranks (rank r
+holds experts r*E/G .. (r+1)*E/G - 1; tokens travel to their experts and back by
+all-to-all, on a process group of their own) while DDP all-reduces every other
+gradient; an expert's gradient already sums all ranks' tokens, so it is divided
+by G as DDP averages, and gradient clipping uses the norm over all shards. The
+initial weights are the single-process run's, capacity is admitted per rank
+(as under plain DDP), and checkpoints hold the gathered, single-process state
+(model and optimizer), so a single process loads them as they are. Each step's
+``moe_rank_load`` is the share of the kept assignments each rank's experts computed.
 """
 from __future__ import annotations
 
@@ -66,6 +78,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from tpt_ops.models import ThreePhaseTransformer, TPTConfig
+from tpt_ops.nn import expert_parallel
 
 VOCAB_SIZE = 256  # bytes
 SAMPLE_PROMPT = b"def "
@@ -223,10 +236,17 @@ def read_metrics(path: Path, up_to_step: int | None = None) -> list[dict]:
     return [r for r in rows if up_to_step is None or r["step"] <= up_to_step]
 
 
-def save_checkpoint(path: Path, model, optimizer, step: int, config: TPTConfig, args, definition: dict) -> None:
-    """Writes atomically (a crash mid-write leaves the previous checkpoint intact); ``definition`` is the
-    run's ``run_definition``, which a resume must match."""
-    payload = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
+def checkpoint_states(model, optimizer) -> tuple[dict, dict]:
+    """The model's and optimizer's state dicts as one process holds them: with expert parallelism
+    every expert shard gathered (a collective: every rank calls it)."""
+    return expert_parallel.full_state_dict(model), expert_parallel.full_optimizer_state_dict(optimizer, model)
+
+
+def save_checkpoint(path: Path, states: tuple[dict, dict], step: int, config: TPTConfig, args,
+                    definition: dict) -> None:
+    """Writes ``checkpoint_states``' ``(model, optimizer)`` atomically (a crash mid-write leaves the
+    previous checkpoint intact); ``definition`` is the run's ``run_definition``, which a resume must match."""
+    payload = {"model": states[0], "optimizer": states[1], "step": step,
                "config": dataclasses.asdict(config), "args": vars(args), "run": definition}
     tmp = path.with_suffix(".tmp")
     torch.save(payload, tmp)
@@ -260,7 +280,7 @@ RUN_DEFINING_ARGS = ("data", "max_bytes", "val_fraction", "steps", "d_model", "n
                      "n_phases", "d_ff", "seq_len", "batch_size", "grad_accum", "lr", "min_lr_ratio", "warmup",
                      "weight_decay", "grad_clip", "bf16", "seed", "baseline", "device", "eval_batches",
                      "moe_experts", "moe_k", "moe_d_ff", "moe_capacity", "moe_score", "moe_shared",
-                     "moe_bias_rate", "moe_every")
+                     "moe_bias_rate", "moe_every", "moe_aux_weight", "moe_z_weight", "expert_parallel")
 # The flags a resumed run may change: how it runs and reports, not what it
 # computes (fused and reference ops share one state_dict; results do not
 # depend on the thread count; evaluation and sampling draw no training
@@ -321,6 +341,8 @@ class Progress:
     def step(self, done: int, loss: float, lr: float, tokens_per_s: float, moe_stats: dict | None = None) -> None:
         moe = {"max_load": f"{moe_stats['moe_max_load']:.2f}", "dropped": f"{moe_stats['moe_dropped']:.3f}"} \
             if moe_stats else {}
+        if moe_stats and "moe_rank_load" in moe_stats:
+            moe["rank_load"] = "/".join(f"{share:.2f}" for share in moe_stats["moe_rank_load"])
         if self.bar is not None:
             self.bar.update(1)
             self.bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tokens_per_s:,.0f}", **moe)
@@ -381,6 +403,10 @@ def build_parser() -> argparse.ArgumentParser:
     a("--moe-bias-rate", type=float, default=0.0,
       help="aux-loss-free balancing: selection-bias step per optimizer step (0: off)")
     a("--moe-every", type=int, default=1, help="every n-th layer is MoE (1: every layer)")
+    a("--moe-aux-weight", type=float, default=1e-2, help="weight of the load-balance loss")
+    a("--moe-z-weight", type=float, default=1e-3, help="weight of the router z-loss")
+    a("--expert-parallel", type=int, default=1,
+      help="shard the experts over this many ranks: 1 (off) or the torchrun world size")
     a("--device", default="cpu", help="cpu, or cuda (reference backend only: the fused kernels are CPU kernels)")
     a("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
     a("--eval-every", type=int, default=250, help="steps between validation passes and checkpoints")
@@ -406,6 +432,11 @@ def check_args(p: argparse.ArgumentParser, args) -> None:
         p.error("need --lr > 0, --warmup >= 0, --grad-clip >= 0 and 0 <= --min-lr-ratio <= 1")
     if args.moe_experts < 0:
         p.error(f"--moe-experts must be >= 0, got {args.moe_experts}")
+    if args.expert_parallel < 1:
+        p.error(f"--expert-parallel must be >= 1, got {args.expert_parallel}")
+    if args.expert_parallel > 1 and (args.moe_experts == 0 or args.moe_experts % args.expert_parallel):
+        p.error(f"--expert-parallel {args.expert_parallel} needs --moe-experts divisible by it, "
+                f"got {args.moe_experts}")
     if args.stop_after is not None and args.stop_after < 1:
         p.error(f"--stop-after must be >= 1, got {args.stop_after}")
     if args.steps * args.grad_accum > GENERATOR_SEEDS:
@@ -423,19 +454,26 @@ def model_config(args) -> TPTConfig:
         config = config.replace(ffn="moe", moe_experts=args.moe_experts, moe_k=args.moe_k, moe_d_ff=args.moe_d_ff,
                                 moe_capacity=args.moe_capacity, moe_score=args.moe_score,
                                 moe_shared=args.moe_shared, moe_bias_rate=args.moe_bias_rate,
-                                moe_every=args.moe_every)
+                                moe_every=args.moe_every, moe_aux_weight=args.moe_aux_weight,
+                                moe_z_weight=args.moe_z_weight)
     return config.baseline() if args.baseline else config
 
 
 def run(args) -> tuple[dict, ThreePhaseTransformer]:
-    """Trains as ``args`` say; returns ``(summary, model)`` (the model unwrapped from DDP)."""
+    """Trains as ``args`` say; returns ``(summary, model)`` (the model unwrapped from DDP).
+
+    Under torchrun it joins the default process group if the caller has initialised one
+    (and leaves it to the caller), else initialises and destroys one itself.
+    """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     distributed = world > 1
+    owns_process_group = distributed and not dist.is_initialized()
     if distributed:
         if args.device.startswith("cuda"):
             args.device = f"cuda:{int(os.environ['LOCAL_RANK'])}"
             torch.cuda.set_device(args.device)
-        dist.init_process_group("nccl" if args.device.startswith("cuda") else "gloo")
+        if owns_process_group:
+            dist.init_process_group("nccl" if args.device.startswith("cuda") else "gloo")
     rank = dist.get_rank() if distributed else 0
     lead = rank == 0
     log = print if lead and not args.quiet else (lambda *a, **k: None)
@@ -454,8 +492,14 @@ def run(args) -> tuple[dict, ThreePhaseTransformer]:
         except ValueError as e:
             raise SystemExit(f"tpt_ops.train: {e}") from None
 
+        if args.expert_parallel > 1 and args.expert_parallel != world:
+            raise SystemExit(f"tpt_ops.train: --expert-parallel {args.expert_parallel} must equal the number "
+                             f"of processes ({world}): run it under torchrun --nproc_per_node="
+                             f"{args.expert_parallel}")
+        # the expert exchange gets a group of its own, so its collectives never interleave with DDP's
+        expert_group = dist.new_group(list(range(world))) if args.expert_parallel > 1 else None
         torch.manual_seed(args.seed)
-        model = ThreePhaseTransformer(config).to(args.device)
+        model = ThreePhaseTransformer(config, expert_parallel_group=expert_group).to(args.device)
         optimizer = make_optimizer(model, args)
         ckpt_path, metrics_path = out / "ckpt.pt", out / "metrics.jsonl"
         definition = run_definition(args, world, train, val)
@@ -463,12 +507,16 @@ def run(args) -> tuple[dict, ThreePhaseTransformer]:
         if args.resume and ckpt_path.exists():
             ckpt = torch.load(ckpt_path, map_location=args.device, weights_only=False)
             check_resume(ckpt_path, ckpt.get("run"), definition)
-            model.load_state_dict(ckpt["model"])
-            optimizer.load_state_dict(ckpt["optimizer"])
+            model.load_state_dict(ckpt["model"])  # expert-parallel layers keep their rows of the experts
+            optimizer.load_state_dict(expert_parallel.shard_optimizer_state_dict(ckpt["optimizer"], optimizer,
+                                                                                  model))
             start = ckpt["step"]
         rows = read_metrics(metrics_path, start) if start else []
         if lead:  # drop rows written after the checkpoint by an interrupted run
             metrics_path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        if distributed:  # expert shards are not replicas: DDP leaves them alone
+            torch.nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
+                model, list(expert_parallel.sharded_experts(model)))
         ddp = torch.nn.parallel.DistributedDataParallel(model) if distributed else model
 
         kind = "baseline (RoPE only)" if args.baseline else f"3PT (N={config.phases})"
@@ -512,8 +560,14 @@ def run(args) -> tuple[dict, ThreePhaseTransformer]:
                     moe_loss_sum += moe_loss.detach() / args.grad_accum
                     model.accumulate_moe_counts()  # once per micro-batch: recomputed forwards never count
                 loss_sum += loss.detach()
-            grad_norm = (torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
-                         if args.grad_clip > 0 else torch.zeros(()))
+            if expert_group is not None:
+                expert_parallel.average_expert_grads(model, world)
+            if args.grad_clip <= 0:
+                grad_norm = torch.zeros(())
+            elif expert_group is not None:
+                grad_norm = expert_parallel.clip_grad_norm_(model, args.grad_clip, expert_group)
+            else:
+                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             moe_stats = model.moe_step()  # every rank: sums the step's expert counts, updates the biases
@@ -533,8 +587,10 @@ def run(args) -> tuple[dict, ThreePhaseTransformer]:
             if done % args.eval_every == 0 or done == args.steps:
                 val_bpb = row["val_bpb"] = evaluate(model, val, args, rank, world)
                 progress.write(f"step {done:>6}  train loss {step_loss:.4f}  val bpb {val_bpb:.4f}")
-            if lead and ("val_bpb" in row or done == end):  # --stop-after: a checkpoint, no extra eval row
-                save_checkpoint(ckpt_path, model, optimizer, done, config, args, definition)
+            if "val_bpb" in row or done == end:  # --stop-after: a checkpoint, no extra eval row
+                states = checkpoint_states(model, optimizer)  # every rank: expert shards are gathered
+                if lead:
+                    save_checkpoint(ckpt_path, states, done, config, args, definition)
             if lead:
                 with open(metrics_path, "a") as f:
                     f.write(json.dumps(row) + "\n")
@@ -550,25 +606,26 @@ def run(args) -> tuple[dict, ThreePhaseTransformer]:
                    "tokens_per_s": tokens_per_step * trained / train_seconds if trained else None,
                    "parameters": model.num_parameters(), "world_size": world, "backend": args.backend,
                    "baseline": args.baseline, "out": str(out)}
+        n_sample = min(args.sample_tokens, args.seq_len - len(SAMPLE_PROMPT))
+        # with expert parallelism every rank runs the sampling forwards (their experts serve rank 0's)
+        if trained and n_sample > 0 and (lead or expert_group is not None):
+            prompt = torch.tensor(list(SAMPLE_PROMPT), device=args.device)
+            gen = torch.Generator(args.device).manual_seed(args.seed)
+            with autocast(args):
+                ids = model.generate(prompt, n_sample, temperature=0.8, top_k=40, generator=gen)
+            summary["sample"] = bytes(ids.tolist()).decode("utf-8", errors="replace")
         if lead and trained:
             plot_metrics(read_metrics(metrics_path), out / "loss.png",
                          f"{kind}, d_model {args.d_model}, {args.n_layers} layers, seed {args.seed}")
-            n_sample = min(args.sample_tokens, args.seq_len - len(SAMPLE_PROMPT))
-            if n_sample > 0:
-                prompt = torch.tensor(list(SAMPLE_PROMPT), device=args.device)
-                gen = torch.Generator(args.device).manual_seed(args.seed)
-                with autocast(args):
-                    ids = model.generate(prompt, n_sample, temperature=0.8, top_k=40, generator=gen)
-                text = bytes(ids.tolist()).decode("utf-8", errors="replace")
-                (out / "sample.txt").write_text(text)
-                summary["sample"] = text
-                log(f"sample:\n{text}")
+            if "sample" in summary:
+                (out / "sample.txt").write_text(summary["sample"])
+                log(f"sample:\n{summary['sample']}")
             (out / "summary.json").write_text(json.dumps(summary, indent=2))
             bpb = "not evaluated yet" if val_bpb is None else f"{val_bpb:.4f} bpb"
             log(f"done: step {end}, validation {bpb}, {summary['tokens_per_s'] or 0:,.0f} tokens/s; wrote {out}/")
         return summary, model
     finally:
-        if distributed:
+        if owns_process_group:
             dist.destroy_process_group()
 
 

@@ -10,6 +10,7 @@ from tpt_ops.nn.attention import KVCache, RotaryEmbedding
 from tpt_ops.nn.backend import check_backend
 from tpt_ops.nn.block import ThreePhaseBlock
 from tpt_ops.nn.embedding import HornEmbedding
+from tpt_ops.nn.expert_parallel import group_size_and_rank, sharded_experts
 from tpt_ops.nn.moe import TokenChoiceMoE, all_reduce_counts
 from tpt_ops.nn.norm import PhaseRMSNorm
 
@@ -38,13 +39,23 @@ class ThreePhaseTransformer(nn.Module):
     ``blocks.{i}.ffn.router.weight``, ``.w_gate``, ``.w_up``, ``.w_down``, ``.expert_bias``
     (and ``.shared.*``) instead of the SwiGLU's; after a forward, :meth:`moe_loss`
     is the sum of its layers' weighted losses, which the caller adds to its loss.
+
+    ``expert_parallel_group`` (a ``torch.distributed`` process group of G ranks, or None)
+    shards the experts of every MoE layer over the group (:mod:`tpt_ops.nn.expert_parallel`);
+    the other parameters are whole on every rank. The initial weights are those of the
+    single-process model of the same seed; ``expert_parallel.full_state_dict(model)``
+    gathers the single-process state, which ``load_state_dict`` takes back.
     """
 
     def __init__(self, config: TPTConfig, device: torch.device | str | None = None,
-                 dtype: torch.dtype | None = None) -> None:
+                 dtype: torch.dtype | None = None, expert_parallel_group=None) -> None:
         super().__init__()
         self.config = config
+        self.expert_parallel_group = expert_parallel_group
         c = config
+        moe_options = c.moe_options()
+        if expert_parallel_group is not None:
+            moe_options["expert_parallel_group"] = expert_parallel_group
         factory = {"device": device, "dtype": dtype}
         self.embedding = HornEmbedding(c.vocab_size, c.d_model, c.phases, horn=c.use_horn, backend=c.backend,
                                        **factory)
@@ -52,7 +63,7 @@ class ThreePhaseTransformer(nn.Module):
         self.blocks = nn.ModuleList(
             ThreePhaseBlock(c.d_model, c.n_q_heads, c.n_kv_heads, c.d_ff, c.phases, i, c.n_layers,
                             use_rotation=c.use_rotation, use_phase_norm=c.use_phase_norm, eps=c.eps,
-                            backend=c.backend, moe_options=c.moe_options() if c.is_moe_layer(i) else None,
+                            backend=c.backend, moe_options=moe_options if c.is_moe_layer(i) else None,
                             **factory)
             for i in range(c.n_layers))
         self.norm_f = PhaseRMSNorm(c.d_model, c.norm_phases, c.eps, c.backend, **factory)
@@ -83,8 +94,12 @@ class ThreePhaseTransformer(nn.Module):
         self.head.reset_parameters()
 
     def num_parameters(self, exclude_embedding: bool = False) -> int:
-        """Number of parameters (optionally without the embedding table)."""
+        """Number of parameters of the whole model, every rank's expert shards included
+        (optionally without the embedding table)."""
         n = sum(p.numel() for p in self.parameters())
+        if self.expert_parallel_group is not None:
+            size, _ = group_size_and_rank(self.expert_parallel_group)
+            n += (size - 1) * sum(p.numel() for p, _, _ in sharded_experts(self).values())
         return n - self.embedding.weight.numel() if exclude_embedding else n
 
     # -------------------------------------------------------------------- MoE
@@ -111,6 +126,9 @@ class ThreePhaseTransformer(nn.Module):
         Updates the selection biases from the step's counts and returns the step's routing
         statistics: ``moe_dropped`` (fraction of assignments dropped, over all layers) and
         ``moe_max_load`` (the largest max/mean expert load of any layer); {} for a dense model.
+        With expert parallelism also ``moe_rank_load``: the share of all layers' kept
+        assignments that each rank's experts computed (rank order), the balance the
+        all-to-all and the slowest rank see.
         """
         layers = self.moe_layers()
         if not layers:
@@ -120,7 +138,13 @@ class ThreePhaseTransformer(nn.Module):
         stats = [layer.moe_step(c.clone(), n) for layer, c, n in zip(layers, counts, assignments)]
         total = sum(assignments)
         dropped = sum(s["dropped"] * n for s, n in zip(stats, assignments)) / total if total else 0.0
-        return {"moe_dropped": dropped, "moe_max_load": max(s["max_load"] for s in stats)}
+        summary = {"moe_dropped": dropped, "moe_max_load": max(s["max_load"] for s in stats)}
+        if self.expert_parallel_group is not None:
+            size, _ = group_size_and_rank(self.expert_parallel_group)
+            per_rank = sum(c.view(size, -1).sum(1) for c in counts).to(torch.float64)
+            kept = float(per_rank.sum())
+            summary["moe_rank_load"] = (per_rank / kept).tolist() if kept else [0.0] * size
+        return summary
 
     def new_kv_cache(self, capacity: int | None = None) -> KVCache:
         """An empty KV cache for up to ``capacity`` (default ``max_seq_len``) positions."""

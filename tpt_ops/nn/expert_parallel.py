@@ -158,9 +158,11 @@ def take_expert_shard(full: Tensor, n_experts: int, group) -> Tensor:
 
 def sharded_experts(module: torch.nn.Module) -> dict[str, tuple[torch.nn.Parameter, int, object]]:
     """``{qualified name: (parameter, n_experts, group)}`` of every expert-parallel weight under ``module``."""
+    from tpt_ops.nn.moe import TokenChoiceMoE  # here: that module imports this one
+
     found = {}
     for prefix, sub in module.named_modules():
-        group = getattr(sub, "expert_parallel_group", None)
+        group = sub.expert_parallel_group if isinstance(sub, TokenChoiceMoE) else None
         if group is None:
             continue
         for name in EXPERT_WEIGHTS:
@@ -189,6 +191,8 @@ def _optimizer_index(optimizer: torch.optim.Optimizer) -> dict[int, int]:
 def full_optimizer_state_dict(optimizer: torch.optim.Optimizer, module: torch.nn.Module) -> dict:
     """``optimizer.state_dict()`` with the per-parameter state of expert shards gathered (a collective)."""
     state = optimizer.state_dict()
+    # state_dict() shares each parameter's state dict with the optimizer: copy before replacing entries
+    state["state"] = {i: dict(entry) for i, entry in state["state"].items()}
     index = _optimizer_index(optimizer)
     for param, _, group in sharded_experts(module).values():
         entry = state["state"].get(index[id(param)])

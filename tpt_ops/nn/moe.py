@@ -65,12 +65,20 @@ def _segment_mm_fake(a: Tensor, b: Tensor, counts: Tensor) -> Tensor:
 @torch.library.custom_op("tpt_nn::segment_mm_backward", mutates_args=())
 def segment_mm_backward(dout: Tensor, a: Tensor, b: Tensor, counts: Tensor) -> tuple[Tensor, Tensor]:
     """(da, db) of :func:`segment_mm`: da = dout @ b[e]^T per segment, db[e] = a_seg^T @ dout_seg."""
-    da = torch.zeros_like(a)
-    db = torch.zeros_like(b)
+    # empty, not zeros: the matmuls overwrite every used row and every expert that has rows, so only the
+    # rest is zeroed (a zero-fill of both would be one more pass over tensors as large as the weights)
+    da = torch.empty_like(a)
+    db = torch.empty_like(b)
     dout = dout.to(a.dtype)
+    used, without_rows = 0, set(range(b.shape[0]))
     for e, start, end in _segments(counts):
         torch.mm(dout[start:end], b[e].t(), out=da[start:end])
         torch.mm(a[start:end].t(), dout[start:end], out=db[e])
+        used = end
+        without_rows.discard(e)
+    da[used:].zero_()
+    for e in without_rows:
+        db[e].zero_()
     return da, db
 
 
