@@ -16,6 +16,8 @@ COS, SIN = torch.rand(5, 8), torch.rand(5, 8)
 dq, dkv = torch.randn(2, 2, 5, 8), torch.randn(2, 1, 5, 8)
 MOE_SLOTS = torch.tensor([[0, 4], [1, -1], [5, 2], [3, 6]])  # 4 tokens, k = 2, 7 kept rows
 MOE_TOKENS = torch.tensor([0, 1, 2, 3, 0, 2, 3, -1])
+HH_Q, HH_K, HH_V = torch.rand(2, 4, 5, 6), torch.rand(2, 2, 5, 6), torch.randn(2, 2, 5, 3)
+HH_S, HH_Z = torch.zeros(2, 2, 6, 3), torch.zeros(2, 2, 6)
 
 # (op, args): every rule of checks.h that a fake kernel can see (ids values it cannot)
 CASES = [
@@ -75,6 +77,22 @@ CASES = [
     ("moe_permute_backward", (torch.randn(7, 5), MOE_SLOTS)),
     ("moe_unpermute", (torch.randn(8, 5), torch.rand(4, 3), MOE_SLOTS, MOE_TOKENS)),
     ("moe_unpermute_backward", (torch.randn(4, 6), torch.randn(8, 5), torch.rand(4, 2), MOE_SLOTS, MOE_TOKENS)),
+    ("hedgehog_feature_map", (torch.tensor(1.0),)),
+    ("hedgehog_feature_map", (torch.randn(3, 0),)),
+    ("hedgehog_feature_map_backward", (torch.randn(3, 7), torch.randn(3, 4))),
+    ("linear_attention", (HH_Q[0], HH_K, HH_V, True, 1e-12)),
+    ("linear_attention", (HH_Q, HH_K, HH_V[:, :, :4], True, 1e-12)),
+    ("linear_attention", (HH_Q[:, :, :4], HH_K, HH_V, True, 1e-12)),
+    ("linear_attention", (HH_Q[..., :4], HH_K, HH_V, True, 1e-12)),
+    ("linear_attention", (HH_Q[:, :3], HH_K, HH_V, True, 1e-12)),
+    ("linear_attention", (HH_Q, HH_K, HH_V, False, 0.0)),
+    ("linear_attention", (HH_Q, HH_K, HH_V, True, math.nan)),
+    ("linear_attention", (HH_Q.int(), HH_K, HH_V, True, 1e-12)),
+    ("linear_attention_prefill", (HH_Q, HH_K[:, :, :, :5], HH_V, 1e-12)),
+    ("linear_attention_backward", (torch.randn(2, 4, 5, 2), HH_Q, HH_K, HH_V, True, 1e-12)),
+    ("linear_attention_step", (HH_Q, HH_K, HH_V, HH_S, HH_Z, 1e-12)),
+    ("linear_attention_step", (HH_Q[:, :, :1], HH_K[:, :, :1], HH_V[:, :, :1], HH_S[..., :2], HH_Z, 1e-12)),
+    ("linear_attention_step", (HH_Q[:, :, :1], HH_K[:, :, :1], HH_V[:, :, :1], HH_S, HH_Z[:, :1], 1e-12)),
 ]
 
 
@@ -163,6 +181,13 @@ PAIRS = [
     (tnp.moe_unpermute_backward, (np.zeros((4, 6), f32), np.zeros((8, 5), f32), np.ones((4, 2), f32),
                                   MOE_SLOTS.numpy(), MOE_TOKENS.numpy()), "moe_unpermute_backward",
      (torch.zeros(4, 6), torch.zeros(8, 5), torch.ones(4, 2), MOE_SLOTS, MOE_TOKENS)),
+    (tnp.hedgehog_feature_map_forward, (np.zeros((3, 0), f32),), "hedgehog_feature_map", (torch.zeros(3, 0),)),
+    (tnp.linear_attention_forward, (HH_Q.numpy()[..., :4], HH_K.numpy(), HH_V.numpy()), "linear_attention",
+     (HH_Q[..., :4], HH_K, HH_V, True, 1e-12)),
+    (tnp.linear_attention_forward, (HH_Q.numpy()[:, :3], HH_K.numpy(), HH_V.numpy()), "linear_attention",
+     (HH_Q[:, :3], HH_K, HH_V, True, 1e-12)),
+    (tnp.linear_attention_forward, (HH_Q.numpy(), HH_K.numpy(), HH_V.numpy(), True, -1.0), "linear_attention",
+     (HH_Q, HH_K, HH_V, True, -1.0)),
 ]
 
 

@@ -17,7 +17,8 @@ SMALL = {  # keep the training notebook to seconds
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["quickstart.ipynb", "3pt_vs_baseline.ipynb", "moe_balancing.ipynb"])
+@pytest.mark.parametrize("name", ["quickstart.ipynb", "3pt_vs_baseline.ipynb", "moe_balancing.ipynb",
+                                  "hedgehog_conversion.ipynb"])
 def test_notebook_runs(name, tmp_path, monkeypatch):
     for key, value in {**SMALL, "TPT_NB_OUT": str(tmp_path / "runs"), "MPLBACKEND": "Agg"}.items():
         monkeypatch.setenv(key, value)

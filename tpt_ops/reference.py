@@ -223,3 +223,56 @@ def moe_unpermute(out: Tensor, gates: Tensor, slots: Tensor, slot_token: Tensor)
     rows = torch.where(kept[..., None], out.to(ct)[slots.clamp(min=0)], zero)
     weights = torch.where(kept, gates.to(ct), zero)
     return (weights[..., None] * rows).sum(1).to(out.dtype)
+
+
+# ---- Hedgehog linear attention (docs/ops/hedgehog.md) ----
+
+def hedgehog_feature_map(u: Tensor) -> Tensor:
+    """phi [..., 2F] = concat(softmax(u), softmax(-u)) over the F features of u [..., F]."""
+    uc = u.to(compute_dtype(u.dtype))
+    return torch.cat([torch.softmax(uc, -1), torch.softmax(-uc, -1)], -1).to(u.dtype)
+
+
+def _expand_kv(t: Tensor, n_heads: int) -> Tensor:
+    """A [B, Hkv, ...] key/value tensor repeated to the H query heads (query head h reads h // (H / Hkv))."""
+    return t.repeat_interleave(n_heads // t.shape[1], dim=1)
+
+
+def linear_attention(phi_q: Tensor, phi_k: Tensor, v: Tensor, causal: bool = True, eps: float = 1e-12) -> Tensor:
+    """The quadratic form: y = (A v) / (rowsum(A) + eps), A = phi_q phi_k^T (lower triangle when causal).
+
+    phi_q [B, H, T, 2F], phi_k [B, Hkv, T, 2F], v [B, Hkv, T, Dv] -> [B, H, T, Dv] in phi_q's dtype,
+    computed in float32 (float64 for float64). Materialises the [T, T] scores: a reference, not a kernel."""
+    ct = compute_dtype(phi_q.dtype)
+    H = phi_q.shape[1]
+    q, k, vv = phi_q.to(ct), _expand_kv(phi_k.to(ct), H), _expand_kv(v.to(ct), H)
+    scores = q @ k.transpose(-1, -2)
+    if causal:
+        scores = scores.tril()
+    return ((scores @ vv) / (scores.sum(-1, keepdim=True) + eps)).to(phi_q.dtype)
+
+
+def linear_attention_prefill(phi_q: Tensor, phi_k: Tensor, v: Tensor,
+                             eps: float = 1e-12) -> tuple[Tensor, Tensor, Tensor]:
+    """(y, S, z): the causal linear_attention and the state after the last token, per key/value head:
+    S [B, Hkv, 2F, Dv] = sum_j phi_k_j v_j^T, z [B, Hkv, 2F] = sum_j phi_k_j, in the compute precision."""
+    ct = compute_dtype(phi_q.dtype)
+    k, vv = phi_k.to(ct), v.to(ct)
+    return linear_attention(phi_q, phi_k, v, True, eps), k.transpose(-1, -2) @ vv, k.sum(-2)
+
+
+def linear_attention_step(phi_q: Tensor, phi_k: Tensor, v: Tensor, S: Tensor, z: Tensor,
+                          eps: float = 1e-12) -> tuple[Tensor, Tensor, Tensor]:
+    """One decoding token: S' = S + phi_k^T v, z' = z + phi_k, y = phi_q S' / (phi_q . z' + eps).
+
+    phi_q [B, H, 1, 2F], phi_k [B, Hkv, 1, 2F], v [B, Hkv, 1, Dv], S [B, Hkv, 2F, Dv], z [B, Hkv, 2F];
+    returns (y [B, H, 1, Dv] in phi_q's dtype, S', z' in the compute precision)."""
+    ct = compute_dtype(phi_q.dtype)
+    H = phi_q.shape[1]
+    k, vv = phi_k.to(ct), v.to(ct)
+    S_new = S.to(ct) + k.transpose(-1, -2) @ vv
+    z_new = z.to(ct) + k[:, :, 0]
+    q = phi_q.to(ct)
+    num = q @ _expand_kv(S_new, H)
+    den = (q[:, :, 0] * _expand_kv(z_new, H)).sum(-1)[..., None, None] + eps
+    return (num / den).to(phi_q.dtype), S_new, z_new

@@ -41,6 +41,15 @@ step (``moe_dropped``, ``moe_max_load``: max/mean expert load) are summed
 over all micro-batches and ranks, and so is the expert count that drives
 ``--moe-bias-rate``'s selection-bias update, applied once per optimizer step.
 
+Softmax-to-Hedgehog conversion: ``--convert-from CKPT`` loads the model a
+run of this trainer saved, replaces the softmax attention of every layer by
+Hedgehog linear attention on the same weights and trains only the new feature
+maps, with the attention-distillation loss (the ``loss`` of
+``metrics.jsonl``) instead of next-byte cross-entropy; the model flags are
+those of the checkpoint. ``summary.json`` adds the validation bpb of the
+softmax teacher (``teacher_val_bpb``) and of the converted model before any
+training (``converted_val_bpb_before``). One process only.
+
 Data parallel: under ``torchrun`` every step draws one global batch of
 ``batch_size * world_size`` windows and rank r trains on its r-th share
 (a distributed sampler); rank 0 alone logs, writes metrics, checkpoints and
@@ -77,7 +86,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm import tqdm
 
-from tpt_ops.models import ThreePhaseTransformer, TPTConfig
+from tpt_ops.models import HedgehogConversion, ThreePhaseTransformer, TPTConfig, convert_to_hedgehog
 from tpt_ops.nn import expert_parallel
 
 VOCAB_SIZE = 256  # bytes
@@ -280,7 +289,8 @@ RUN_DEFINING_ARGS = ("data", "max_bytes", "val_fraction", "steps", "d_model", "n
                      "n_phases", "d_ff", "seq_len", "batch_size", "grad_accum", "lr", "min_lr_ratio", "warmup",
                      "weight_decay", "grad_clip", "bf16", "seed", "baseline", "device", "eval_batches",
                      "moe_experts", "moe_k", "moe_d_ff", "moe_capacity", "moe_score", "moe_shared",
-                     "moe_bias_rate", "moe_every", "moe_aux_weight", "moe_z_weight", "expert_parallel")
+                     "moe_bias_rate", "moe_every", "moe_aux_weight", "moe_z_weight", "expert_parallel",
+                     "convert_from")
 # The flags a resumed run may change: how it runs and reports, not what it
 # computes (fused and reference ops share one state_dict; results do not
 # depend on the thread count; evaluation and sampling draw no training
@@ -300,6 +310,7 @@ def run_definition(args, world: int, train: Tensor, val: Tensor) -> dict:
     as its type), the number of processes and a checksum of both splits' bytes."""
     definition = {name: getattr(args, name) for name in RUN_DEFINING_ARGS}
     definition["data"] = str(Path(args.data).resolve()) if args.data else None
+    definition["convert_from"] = str(Path(args.convert_from).resolve()) if args.convert_from else None
     definition["device"] = args.device.split(":")[0]
     definition["world_size"] = world
     definition["corpus_crc32"] = zlib.crc32(val.numpy(), zlib.crc32(train.numpy()))
@@ -407,6 +418,8 @@ def build_parser() -> argparse.ArgumentParser:
     a("--moe-z-weight", type=float, default=1e-3, help="weight of the router z-loss")
     a("--expert-parallel", type=int, default=1,
       help="shard the experts over this many ranks: 1 (off) or the torchrun world size")
+    a("--convert-from", metavar="CKPT",
+      help="convert the softmax model of this checkpoint to Hedgehog attention and distil its feature maps")
     a("--device", default="cpu", help="cpu, or cuda (reference backend only: the fused kernels are CPU kernels)")
     a("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
     a("--eval-every", type=int, default=250, help="steps between validation passes and checkpoints")
@@ -459,6 +472,28 @@ def model_config(args) -> TPTConfig:
     return config.baseline() if args.baseline else config
 
 
+def convert_checkpoint(args, val: Tensor, rank: int, world: int) -> tuple[HedgehogConversion, dict]:
+    """``--convert-from``: the checkpoint's softmax model converted to Hedgehog attention (on
+    ``--backend``), and the validation bpb of the teacher and of the converted model before training."""
+    path = Path(args.convert_from)
+    if not path.is_file():
+        raise SystemExit(f"tpt_ops.train: --convert-from: no checkpoint at {path}")
+    ckpt = torch.load(path, map_location=args.device, weights_only=False)
+    config = TPTConfig(**ckpt["config"]).replace(backend=args.backend)
+    if config.max_seq_len < args.seq_len:
+        raise SystemExit(f"tpt_ops.train: --seq-len {args.seq_len} exceeds the checkpoint model's max_seq_len "
+                         f"{config.max_seq_len}")
+    model = ThreePhaseTransformer(config).to(args.device)
+    model.load_state_dict(ckpt["model"])
+    bpb = {"teacher_val_bpb": evaluate(model, val, args, rank, world)}
+    try:
+        conversion = convert_to_hedgehog(model)
+    except ValueError as e:
+        raise SystemExit(f"tpt_ops.train: --convert-from {path}: {e}") from None
+    bpb["converted_val_bpb_before"] = evaluate(model, val, args, rank, world)
+    return conversion, bpb
+
+
 def run(args) -> tuple[dict, ThreePhaseTransformer]:
     """Trains as ``args`` say; returns ``(summary, model)`` (the model unwrapped from DDP).
 
@@ -492,14 +527,22 @@ def run(args) -> tuple[dict, ThreePhaseTransformer]:
         except ValueError as e:
             raise SystemExit(f"tpt_ops.train: {e}") from None
 
-        if args.expert_parallel > 1 and args.expert_parallel != world:
-            raise SystemExit(f"tpt_ops.train: --expert-parallel {args.expert_parallel} must equal the number "
-                             f"of processes ({world}): run it under torchrun --nproc_per_node="
-                             f"{args.expert_parallel}")
-        # the expert exchange gets a group of its own, so its collectives never interleave with DDP's
-        expert_group = dist.new_group(list(range(world))) if args.expert_parallel > 1 else None
-        torch.manual_seed(args.seed)
-        model = ThreePhaseTransformer(config, expert_parallel_group=expert_group).to(args.device)
+        conversion, conversion_bpb, expert_group = None, {}, None
+        if args.convert_from:
+            if distributed:
+                raise SystemExit("tpt_ops.train: --convert-from runs in one process")
+            conversion, conversion_bpb = convert_checkpoint(args, val, rank, world)
+            model, config = conversion.model, conversion.model.config
+        else:
+            if args.expert_parallel > 1 and args.expert_parallel != world:
+                raise SystemExit(f"tpt_ops.train: --expert-parallel {args.expert_parallel} must equal the number "
+                                 f"of processes ({world}): run it under torchrun --nproc_per_node="
+                                 f"{args.expert_parallel}")
+            # the expert exchange gets a group of its own, so its collectives never interleave with DDP's
+            if args.expert_parallel > 1:
+                expert_group = dist.new_group(list(range(world)))
+            torch.manual_seed(args.seed)
+            model = ThreePhaseTransformer(config, expert_parallel_group=expert_group).to(args.device)
         optimizer = make_optimizer(model, args)
         ckpt_path, metrics_path = out / "ckpt.pt", out / "metrics.jsonl"
         definition = run_definition(args, world, train, val)
@@ -522,6 +565,10 @@ def run(args) -> tuple[dict, ThreePhaseTransformer]:
         kind = "baseline (RoPE only)" if args.baseline else f"3PT (N={config.phases})"
         if config.ffn == "moe":
             kind += f", MoE {config.moe_experts} experts top-{config.moe_k} every {config.moe_every} layer(s)"
+        if conversion is not None:
+            kind += ", Hedgehog conversion"
+            log(f"converting {args.convert_from}: teacher {conversion_bpb['teacher_val_bpb']:.4f} bpb, "
+                f"converted before training {conversion_bpb['converted_val_bpb_before']:.4f} bpb")
         log(f"corpus: {corpus_name}: {len(train):,} training / {len(val):,} validation bytes")
         log(f"model: {kind}, {model.num_parameters():,} parameters, backend {args.backend}, {args.device}, "
             f"{world} process(es) x {torch.get_num_threads()} threads")
@@ -550,8 +597,11 @@ def run(args) -> tuple[dict, ThreePhaseTransformer]:
                 x, y = (t.to(args.device) for t in train_batch(train, args, step, micro, rank, world))
                 sync = not distributed or micro == args.grad_accum - 1
                 with (nullcontext() if sync else ddp.no_sync()), autocast(args):
-                    logits = ddp(x)
-                    loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten()) / args.grad_accum
+                    if conversion is None:
+                        logits = ddp(x)
+                        loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten()) / args.grad_accum
+                    else:
+                        loss = conversion.distillation_loss(x) / args.grad_accum
                     moe_loss = model.moe_loss()
                 if moe_loss is None:
                     loss.backward()
@@ -605,7 +655,7 @@ def run(args) -> tuple[dict, ThreePhaseTransformer]:
                    "final_loss": last.get("loss"),
                    "tokens_per_s": tokens_per_step * trained / train_seconds if trained else None,
                    "parameters": model.num_parameters(), "world_size": world, "backend": args.backend,
-                   "baseline": args.baseline, "out": str(out)}
+                   "baseline": args.baseline, "out": str(out), **conversion_bpb}
         n_sample = min(args.sample_tokens, args.seq_len - len(SAMPLE_PROMPT))
         # with expert parallelism every rank runs the sampling forwards (their experts serve rank 0's)
         if trained and n_sample > 0 and (lead or expert_group is not None):

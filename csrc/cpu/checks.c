@@ -281,3 +281,46 @@ int tpt_check_moe_experts(char* msg, const int64_t* experts, int64_t n, int64_t 
                         PRId64 ")", experts[i], i, E);
     return 0;
 }
+
+int tpt_check_hedgehog_u(char* msg, tpt_shape u) {
+    if (u.ndim < 1) return fail(msg, "argument 'u' must have at least 1 dimension, got a scalar");
+    if (last_dim(u) < 1) return fail(msg, "the last dim of 'u' (F) must be >= 1, got 0");
+    return 0;
+}
+
+int tpt_check_linear_attention(char* msg, tpt_shape phi_q, tpt_shape phi_k, tpt_shape v) {
+    const char* names[3] = {"phi_q", "phi_k", "v"};
+    const char* layouts[3] = {"[B, H, T, 2F]", "[B, Hkv, T, 2F]", "[B, Hkv, T, Dv]"};
+    const tpt_shape shapes[3] = {phi_q, phi_k, v};
+    char got[SHAPE_TEXT], ref[SHAPE_TEXT];
+    for (int i = 0; i < 3; i++)
+        if (shapes[i].ndim != 4)
+            return fail(msg, "argument '%s' must be 4-d %s, got %s", names[i], layouts[i], shape_text(got, shapes[i]));
+    if (v.sizes[0] != phi_k.sizes[0] || v.sizes[1] != phi_k.sizes[1] || v.sizes[2] != phi_k.sizes[2])
+        return fail(msg, "argument 'v' must be [B, Hkv, T, Dv] with the B, Hkv, T of phi_k %s, got %s",
+                    shape_text(ref, phi_k), shape_text(got, v));
+    if (phi_q.sizes[0] != phi_k.sizes[0] || phi_q.sizes[2] != phi_k.sizes[2])
+        return fail(msg, "argument 'phi_q' must be [B, H, T, 2F] with the B, T of phi_k %s, got %s",
+                    shape_text(ref, phi_k), shape_text(got, phi_q));
+    if (phi_q.sizes[3] != phi_k.sizes[3])
+        return fail(msg, "the feature widths of phi_q (%" PRId64 ") and phi_k (%" PRId64 ") differ", phi_q.sizes[3],
+                    phi_k.sizes[3]);
+    const int64_t H = phi_q.sizes[1], Hkv = phi_k.sizes[1];
+    if (Hkv < 1 || H < 1 || H % Hkv)
+        return fail(msg, "the query heads (H=%" PRId64 ") must be a positive multiple of the key/value heads (Hkv=%"
+                    PRId64 ")", H, Hkv);
+    return 0;
+}
+
+int tpt_check_shape(char* msg, const char* arg, tpt_shape t, const char* names, const int64_t* sizes, int64_t ndim) {
+    const tpt_shape expected = {sizes, ndim};
+    if (same_sizes(t, expected)) return 0;
+    char got[SHAPE_TEXT], want[SHAPE_TEXT];
+    return fail(msg, "argument '%s' must have shape %s = %s, got %s", arg, names, shape_text(want, expected),
+                shape_text(got, t));
+}
+
+int tpt_check_one_token(char* msg, int64_t T) {
+    if (T == 1) return 0;
+    return fail(msg, "a decoding step takes one token (T=1), got T=%" PRId64, T);
+}

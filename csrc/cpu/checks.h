@@ -128,6 +128,21 @@ int tpt_check_moe_layout(char* msg, const int64_t* slots, const int64_t* slot_to
 /* every expert index is in [0, E). */
 int tpt_check_moe_experts(char* msg, const int64_t* experts, int64_t n, int64_t E);
 
+/* ---- hedgehog -------------------------------------------------------------- */
+
+/* u is [..., F]: at least 1 dim, F >= 1 (each softmax needs a value). */
+int tpt_check_hedgehog_u(char* msg, tpt_shape u);
+
+/* phi_q [B, H, T, K], phi_k [B, Hkv, T, K], v [B, Hkv, T, Dv]: 4-d each, one B
+ * and T, one feature width K, H a positive multiple of Hkv >= 1. */
+int tpt_check_linear_attention(char* msg, tpt_shape phi_q, tpt_shape phi_k, tpt_shape v);
+
+/* t has exactly the given sizes (spelled out by `names`, e.g. "[B, H, T, Dv]"). */
+int tpt_check_shape(char* msg, const char* arg, tpt_shape t, const char* names, const int64_t* sizes, int64_t ndim);
+
+/* A decoding step takes one token: T = 1. */
+int tpt_check_one_token(char* msg, int64_t T);
+
 #ifdef __cplusplus
 }
 #endif

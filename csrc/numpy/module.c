@@ -42,6 +42,8 @@ static PyMethodDef methods[] = {
     METHOD(moe_permute_backward, "moe_permute_backward(dbuf, slots) -> dx"),
     METHOD(moe_unpermute_forward, "moe_unpermute_forward(out, gates, slots, slot_token) -> y"),
     METHOD(moe_unpermute_backward, "moe_unpermute_backward(dy, out, gates, slots, slot_token) -> (dout, dgates)"),
+    METHOD(hedgehog_feature_map_forward, "hedgehog_feature_map_forward(u) -> phi"),
+    METHOD(linear_attention_forward, "linear_attention_forward(phi_q, phi_k, v, causal=True, eps=1e-12) -> y"),
     {NULL, NULL, 0, NULL},
 };
 

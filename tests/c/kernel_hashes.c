@@ -4,9 +4,10 @@
  *
  *   kernel_hashes serial    each kernel over all its rows in one call
  *   kernel_hashes threads   each kernel from 3 pthreads over the disjoint row
- *                           ranges (or 128-row blocks) that the torch glue's
- *                           parallel_rows gives them, the status of every
- *                           task collected as the glue collects it
+ *                           ranges (or 128-row blocks, or attention tasks)
+ *                           that the torch glue's parallel_rows gives them,
+ *                           the status of every task collected as the glue
+ *                           collects it
  *
  * Both modes print the same hashes. tests/test_build.py compiles this file
  * with the kernels once per x86-64 level and compares the hashes (the bits do
@@ -14,7 +15,10 @@
  * rows), and runs the threads mode under ThreadSanitizer.
  *
  * Sizes: 300 rows = two full 128-row blocks and a partial one; row widths
- * that are not multiples of any vector width, so every loop runs its tail. */
+ * that are not multiples of any vector width, so every loop runs its tail.
+ * Hedgehog: grouped-query heads (4 query heads over 2 key/value heads), 150
+ * tokens = two full 64-token chunks and a partial one, feature width 2 * 19
+ * and value width 21, both with vector tails. */
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -22,6 +26,7 @@
 #include <string.h>
 
 #include "block.h"
+#include "hedgehog.h"
 #include "horn.h"
 #include "moe.h"
 #include "norm.h"
@@ -34,6 +39,8 @@ enum { ROPE_B = 2, ROPE_T = M / ROPE_B, ROPE_H = 4, ROPE_HKV = 2, ROPE_HD = 38 }
 enum { ROPE_W = (ROPE_H + 2 * ROPE_HKV) * ROPE_HD };
 enum { MOE_E = 13, MOE_K = 3, MOE_A = M * MOE_K };
 static const double MOE_CAPACITY_FACTOR = 0.9, MOE_DAUX = 0.7, MOE_DZ = -0.3;
+enum { HH_B = 2, HH_H = 4, HH_HKV = 2, HH_T = 150, HH_F = 19, HH_K = 2 * HH_F, HH_DV = 21 };
+enum { HH_Q_ROWS = HH_B * HH_H * HH_T, HH_K_ROWS = HH_B * HH_HKV * HH_T, HH_ROWS = HH_Q_ROWS + HH_K_ROWS };
 enum { N_THREADS = 3 };
 static const double EPS = 1e-6;
 
@@ -107,6 +114,11 @@ typedef struct {
     void *moe_aux, *moe_z, *moe_dgates, *moe_dlogits, *moe_x, *moe_buf, *moe_dbuf, *moe_dx, *moe_y, *moe_dy;
     void *moe_dout, *moe_dgates_out;
     int64_t *moe_experts, *moe_slots, *moe_slot_token, *moe_counts;
+    /* hedgehog: u holds the query rows then the key rows, so the feature map writes phi_q then phi_k into phi */
+    void *hh_u, *hh_phi, *hh_phi_q, *hh_phi_k, *hh_dphi, *hh_du, *hh_v;
+    void *hh_y_causal, *hh_S, *hh_z, *hh_dy, *hh_dq_causal, *hh_dk_causal, *hh_dv_causal;
+    void *hh_y_full, *hh_dq_full, *hh_dk_full, *hh_dv_full;
+    void *hh_step_q, *hh_step_k, *hh_step_v, *hh_step_y, *hh_step_S, *hh_step_z;
 } Case;
 
 static Case make_case(tpt_dtype dt) {
@@ -202,6 +214,32 @@ static Case make_case(tpt_dtype dt) {
     c.moe_dy = storage_array(dt, M * D, -1, 1);
     c.moe_dout = zeros(dt, MOE_A * D);
     c.moe_dgates_out = zeros(c.ct, MOE_A);
+
+    c.hh_u = storage_array(dt, HH_ROWS * HH_F, -3, 3);
+    c.hh_phi = zeros(dt, HH_ROWS * HH_K);
+    c.hh_phi_q = c.hh_phi;
+    c.hh_phi_k = (char*)c.hh_phi + HH_Q_ROWS * HH_K * tpt_dtype_size(dt);
+    c.hh_dphi = storage_array(dt, HH_ROWS * HH_K, -1, 1);
+    c.hh_du = zeros(dt, HH_ROWS * HH_F);
+    c.hh_v = storage_array(dt, HH_K_ROWS * HH_DV, -2, 2);
+    c.hh_y_causal = zeros(dt, HH_Q_ROWS * HH_DV);
+    c.hh_S = zeros(c.ct, HH_B * HH_HKV * HH_K * HH_DV);
+    c.hh_z = zeros(c.ct, HH_B * HH_HKV * HH_K);
+    c.hh_dy = storage_array(dt, HH_Q_ROWS * HH_DV, -1, 1);
+    c.hh_dq_causal = zeros(dt, HH_Q_ROWS * HH_K);
+    c.hh_dk_causal = zeros(dt, HH_K_ROWS * HH_K);
+    c.hh_dv_causal = zeros(dt, HH_K_ROWS * HH_DV);
+    c.hh_y_full = zeros(dt, HH_Q_ROWS * HH_DV);
+    c.hh_dq_full = zeros(dt, HH_Q_ROWS * HH_K);
+    c.hh_dk_full = zeros(dt, HH_K_ROWS * HH_K);
+    c.hh_dv_full = zeros(dt, HH_K_ROWS * HH_DV);
+    /* the decoding token after the prefill: positive features, as the feature map gives */
+    c.hh_step_q = storage_array(dt, HH_B * HH_H * HH_K, 0, 0.1);
+    c.hh_step_k = storage_array(dt, HH_B * HH_HKV * HH_K, 0, 0.1);
+    c.hh_step_v = storage_array(dt, HH_B * HH_HKV * HH_DV, -2, 2);
+    c.hh_step_y = zeros(dt, HH_B * HH_H * HH_DV);
+    c.hh_step_S = zeros(c.ct, HH_B * HH_HKV * HH_K * HH_DV);
+    c.hh_step_z = zeros(c.ct, HH_B * HH_HKV * HH_K);
     return c;
 }
 
@@ -212,7 +250,9 @@ typedef enum {
     HORN_EMBEDDING_FORWARD, HORN_EMBEDDING_BACKWARD, ADD_ROTATE_NORM_FORWARD, ADD_ROTATE_NORM_BACKWARD,
     ADD_NORM_FORWARD, ADD_NORM_BACKWARD, SWIGLU_FORWARD, SWIGLU_BACKWARD, SWIGLU_BACKWARD_INPLACE,
     QKV_ROPE_FORWARD, QKV_ROPE_BACKWARD, MOE_ROUTE_FORWARD, MOE_ROUTE_BACKWARD, MOE_PERMUTE_FORWARD,
-    MOE_PERMUTE_BACKWARD, MOE_UNPERMUTE_FORWARD, MOE_UNPERMUTE_BACKWARD, N_KERNELS
+    MOE_PERMUTE_BACKWARD, MOE_UNPERMUTE_FORWARD, MOE_UNPERMUTE_BACKWARD, HEDGEHOG_FEATURE_MAP_FORWARD,
+    HEDGEHOG_FEATURE_MAP_BACKWARD, LINEAR_ATTENTION_PREFILL, LINEAR_ATTENTION_CAUSAL_BACKWARD,
+    LINEAR_ATTENTION_NONCAUSAL_FORWARD, LINEAR_ATTENTION_NONCAUSAL_BACKWARD, LINEAR_ATTENTION_STEP, N_KERNELS
 } Kernel;
 
 static const char* const KERNEL_NAMES[N_KERNELS] = {
@@ -221,7 +261,9 @@ static const char* const KERNEL_NAMES[N_KERNELS] = {
     "add_rotate_norm_forward", "add_rotate_norm_backward", "add_norm_forward", "add_norm_backward",
     "swiglu_forward", "swiglu_backward", "swiglu_backward_inplace", "qkv_rope_forward", "qkv_rope_backward",
     "moe_route_forward", "moe_route_backward", "moe_permute_forward", "moe_permute_backward",
-    "moe_unpermute_forward", "moe_unpermute_backward"};
+    "moe_unpermute_forward", "moe_unpermute_backward", "hedgehog_feature_map_forward",
+    "hedgehog_feature_map_backward", "linear_attention_prefill", "linear_attention_causal_backward",
+    "linear_attention_noncausal_forward", "linear_attention_noncausal_backward", "linear_attention_step"};
 
 /* Calls the float64 or the float32 kernel; parameters are void* here and
  * convert to either kernel's real*. */
@@ -232,21 +274,34 @@ static int is_block_kernel(Kernel k) {
            k == MOE_ROUTE_FORWARD;
 }
 
-/* How many items (rows, row blocks or vocabulary rows) the glue splits. */
+/* The attention kernels split over (b, h) tasks (the forwards) or (b, g) tasks (the backwards and the step). */
+static int is_attention_kernel(Kernel k) {
+    return k == LINEAR_ATTENTION_PREFILL || k == LINEAR_ATTENTION_CAUSAL_BACKWARD ||
+           k == LINEAR_ATTENTION_NONCAUSAL_FORWARD || k == LINEAR_ATTENTION_NONCAUSAL_BACKWARD ||
+           k == LINEAR_ATTENTION_STEP;
+}
+
+/* How many items (rows, row blocks, vocabulary rows or attention tasks) the glue splits. */
 static int64_t extent(Kernel k) {
     if (is_block_kernel(k)) return tpt_num_row_blocks(M);
+    if (k == LINEAR_ATTENTION_PREFILL || k == LINEAR_ATTENTION_NONCAUSAL_FORWARD) return HH_B * HH_H;
+    if (is_attention_kernel(k)) return HH_B * HH_HKV;
+    if (k == HEDGEHOG_FEATURE_MAP_FORWARD || k == HEDGEHOG_FEATURE_MAP_BACKWARD) return HH_ROWS;
     if (k == MOE_PERMUTE_FORWARD || k == MOE_UNPERMUTE_BACKWARD) return MOE_A;
     return k == HORN_EMBEDDING_BACKWARD ? VOCAB : M;
 }
 
-/* The glue's grain: about 64 KiB of row data a task for row kernels, one block a task for block kernels. */
+/* The glue's grain: about 64 KiB of row data a task for row kernels, one block a task for block kernels, one
+ * head (or head group) a task for attention kernels. */
 static int64_t grain(Kernel k) {
-    if (is_block_kernel(k)) return 1;
+    if (is_block_kernel(k) || is_attention_kernel(k)) return 1;
     const int64_t width = k == QKV_ROPE_FORWARD || k == QKV_ROPE_BACKWARD ? ROPE_W
                           : k == SWIGLU_FORWARD || k == SWIGLU_BACKWARD || k == SWIGLU_BACKWARD_INPLACE ? 2 * F
                           : k == MOE_ROUTE_BACKWARD                                                     ? 4 * MOE_E
                           : k == MOE_PERMUTE_BACKWARD || k == MOE_UNPERMUTE_FORWARD                     ? MOE_K * D
                           : k == MOE_UNPERMUTE_BACKWARD                                                 ? 2 * D
+                          : k == HEDGEHOG_FEATURE_MAP_FORWARD                                           ? 3 * HH_F
+                          : k == HEDGEHOG_FEATURE_MAP_BACKWARD                                          ? 6 * HH_F
                                                                                                         : D;
     return 16384 / width > 1 ? 16384 / width : 1;
 }
@@ -325,6 +380,25 @@ static int run_range(Case* c, Kernel k, int64_t begin, int64_t end) {
     case MOE_UNPERMUTE_BACKWARD:
         return CALL(c, moe_unpermute_backward, c->moe_dout, c->moe_dgates_out, c->moe_dy, c->moe_buf, c->moe_gates,
                     c->moe_slots, c->moe_slot_token, dt, begin, end, MOE_K, D);
+    case HEDGEHOG_FEATURE_MAP_FORWARD:
+        return CALL(c, hedgehog_feature_map_forward, c->hh_phi, c->hh_u, dt, begin, end, HH_F);
+    case HEDGEHOG_FEATURE_MAP_BACKWARD:
+        return CALL(c, hedgehog_feature_map_backward, c->hh_du, c->hh_dphi, c->hh_u, dt, begin, end, HH_F);
+    case LINEAR_ATTENTION_PREFILL:
+        return CALL(c, linear_attention_forward, c->hh_y_causal, c->hh_S, c->hh_z, c->hh_phi_q, c->hh_phi_k,
+                    c->hh_v, dt, begin, end, HH_H, HH_HKV, HH_T, HH_K, HH_DV, 1, EPS);
+    case LINEAR_ATTENTION_CAUSAL_BACKWARD:
+        return CALL(c, linear_attention_backward, c->hh_dq_causal, c->hh_dk_causal, c->hh_dv_causal, c->hh_dy,
+                    c->hh_phi_q, c->hh_phi_k, c->hh_v, dt, begin, end, HH_H, HH_HKV, HH_T, HH_K, HH_DV, 1, EPS);
+    case LINEAR_ATTENTION_NONCAUSAL_FORWARD:
+        return CALL(c, linear_attention_forward, c->hh_y_full, NULL, NULL, c->hh_phi_q, c->hh_phi_k, c->hh_v, dt,
+                    begin, end, HH_H, HH_HKV, HH_T, HH_K, HH_DV, 0, EPS);
+    case LINEAR_ATTENTION_NONCAUSAL_BACKWARD:
+        return CALL(c, linear_attention_backward, c->hh_dq_full, c->hh_dk_full, c->hh_dv_full, c->hh_dy,
+                    c->hh_phi_q, c->hh_phi_k, c->hh_v, dt, begin, end, HH_H, HH_HKV, HH_T, HH_K, HH_DV, 0, EPS);
+    case LINEAR_ATTENTION_STEP: /* from the prefill's state */
+        return CALL(c, linear_attention_step, c->hh_step_y, c->hh_step_S, c->hh_step_z, c->hh_step_q,
+                    c->hh_step_k, c->hh_step_v, c->hh_S, c->hh_z, dt, begin, end, HH_H, HH_HKV, HH_K, HH_DV, EPS);
     default:
         return -1;
     }
@@ -424,6 +498,25 @@ static uint64_t output_hash(const Case* c, Kernel k) {
     case MOE_PERMUTE_BACKWARD: return fnv1a(h, c->moe_dx, M * D, dt);
     case MOE_UNPERMUTE_FORWARD: return fnv1a(h, c->moe_y, M * D, dt);
     case MOE_UNPERMUTE_BACKWARD: h = fnv1a(h, c->moe_dout, MOE_A * D, dt); return fnv1a(h, c->moe_dgates_out, MOE_A, ct);
+    case HEDGEHOG_FEATURE_MAP_FORWARD: return fnv1a(h, c->hh_phi, HH_ROWS * HH_K, dt);
+    case HEDGEHOG_FEATURE_MAP_BACKWARD: return fnv1a(h, c->hh_du, HH_ROWS * HH_F, dt);
+    case LINEAR_ATTENTION_PREFILL:
+        h = fnv1a(h, c->hh_y_causal, HH_Q_ROWS * HH_DV, dt);
+        h = fnv1a(h, c->hh_S, HH_B * HH_HKV * HH_K * HH_DV, ct);
+        return fnv1a(h, c->hh_z, HH_B * HH_HKV * HH_K, ct);
+    case LINEAR_ATTENTION_CAUSAL_BACKWARD:
+        h = fnv1a(h, c->hh_dq_causal, HH_Q_ROWS * HH_K, dt);
+        h = fnv1a(h, c->hh_dk_causal, HH_K_ROWS * HH_K, dt);
+        return fnv1a(h, c->hh_dv_causal, HH_K_ROWS * HH_DV, dt);
+    case LINEAR_ATTENTION_NONCAUSAL_FORWARD: return fnv1a(h, c->hh_y_full, HH_Q_ROWS * HH_DV, dt);
+    case LINEAR_ATTENTION_NONCAUSAL_BACKWARD:
+        h = fnv1a(h, c->hh_dq_full, HH_Q_ROWS * HH_K, dt);
+        h = fnv1a(h, c->hh_dk_full, HH_K_ROWS * HH_K, dt);
+        return fnv1a(h, c->hh_dv_full, HH_K_ROWS * HH_DV, dt);
+    case LINEAR_ATTENTION_STEP:
+        h = fnv1a(h, c->hh_step_y, HH_B * HH_H * HH_DV, dt);
+        h = fnv1a(h, c->hh_step_S, HH_B * HH_HKV * HH_K * HH_DV, ct);
+        return fnv1a(h, c->hh_step_z, HH_B * HH_HKV * HH_K, ct);
     default: return 0;
     }
 }

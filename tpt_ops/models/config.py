@@ -9,6 +9,7 @@ from tpt_ops.nn.backend import check_backend
 from tpt_ops.nn.moe import check_moe_args
 
 FFN_KINDS = ("dense", "moe")
+ATTENTION_KINDS = ("softmax", "hedgehog")
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,13 @@ class TPTConfig:
     shared experts, load-balance / z-loss weights ``moe_aux_weight`` /
     ``moe_z_weight`` and selection-bias rate ``moe_bias_rate``. The ``moe_*``
     fields are ignored when ``ffn="dense"``.
+
+    ``attention="hedgehog"`` makes the attention of the layers ``hedgehog_layers``
+    (None: every layer; a tuple of distinct layer indices makes a hybrid with
+    softmax attention elsewhere) a :class:`~tpt_ops.nn.HedgehogAttention` with
+    ``hedgehog_feature_dim`` features per head (None: head_dim) and, with
+    ``hedgehog_feature_bias``, a bias in its feature maps. ``hedgehog_layers``
+    with ``attention="softmax"`` is an error.
     """
 
     vocab_size: int = 256
@@ -62,6 +70,10 @@ class TPTConfig:
     moe_aux_weight: float = 1e-2
     moe_z_weight: float = 1e-3
     moe_bias_rate: float = 0.0
+    attention: str = "softmax"
+    hedgehog_layers: tuple[int, ...] | None = None
+    hedgehog_feature_dim: int | None = None
+    hedgehog_feature_bias: bool = True
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "d_model", "n_layers", "n_q_heads", "n_kv_heads", "n_phases", "d_ff",
@@ -93,6 +105,37 @@ class TPTConfig:
                 raise ValueError(f"TPTConfig: moe_every ({self.moe_every}) exceeds n_layers ({self.n_layers}): "
                                  "no layer would be MoE")
             check_moe_args("TPTConfig", **self.moe_options(), d_model=self.d_model)
+        self._check_attention()
+
+    def _check_attention(self) -> None:
+        if self.attention not in ATTENTION_KINDS:
+            raise ValueError(f"TPTConfig.attention must be one of {ATTENTION_KINDS}, got {self.attention!r}")
+        layers = self.hedgehog_layers
+        if layers is not None:
+            if self.attention != "hedgehog":
+                raise ValueError(f"TPTConfig: hedgehog_layers={layers!r} needs attention='hedgehog', "
+                                 f"got attention={self.attention!r}")
+            layers = tuple(layers)  # a list from a JSON or checkpoint config
+            object.__setattr__(self, "hedgehog_layers", layers)
+            if not layers:
+                raise ValueError("TPTConfig.hedgehog_layers must name at least one layer (None: every layer)")
+            for i in layers:
+                if not isinstance(i, int) or isinstance(i, bool) or not 0 <= i < self.n_layers:
+                    raise ValueError(f"TPTConfig.hedgehog_layers: {i!r} is not a layer index in "
+                                     f"0..{self.n_layers - 1}")
+            if len(set(layers)) != len(layers):
+                raise ValueError(f"TPTConfig.hedgehog_layers names a layer twice: {layers!r}")
+        dim = self.hedgehog_feature_dim
+        if dim is not None and (not isinstance(dim, int) or isinstance(dim, bool) or dim < 1):
+            raise ValueError(f"TPTConfig.hedgehog_feature_dim must be a positive int or None, got {dim!r}")
+
+    def is_hedgehog_layer(self, layer_idx: int) -> bool:
+        """True when layer ``layer_idx``'s attention is Hedgehog (``attention="hedgehog"``, in ``hedgehog_layers``)."""
+        return self.attention == "hedgehog" and (self.hedgehog_layers is None or layer_idx in self.hedgehog_layers)
+
+    def hedgehog_options(self) -> dict:
+        """The :class:`~tpt_ops.nn.HedgehogAttention` arguments of a Hedgehog layer beyond the GQA layout."""
+        return dict(feature_dim=self.hedgehog_feature_dim, feature_bias=self.hedgehog_feature_bias)
 
     def is_moe_layer(self, layer_idx: int) -> bool:
         """True when layer ``layer_idx``'s FFN is a MoE (``ffn="moe"`` and every ``moe_every``-th layer)."""

@@ -11,6 +11,7 @@ from tpt_ops.nn.backend import check_backend
 from tpt_ops.nn.block import ThreePhaseBlock
 from tpt_ops.nn.embedding import HornEmbedding
 from tpt_ops.nn.expert_parallel import group_size_and_rank, sharded_experts
+from tpt_ops.nn.hedgehog import LinearAttentionCache
 from tpt_ops.nn.moe import TokenChoiceMoE, all_reduce_counts
 from tpt_ops.nn.norm import PhaseRMSNorm
 
@@ -64,6 +65,7 @@ class ThreePhaseTransformer(nn.Module):
             ThreePhaseBlock(c.d_model, c.n_q_heads, c.n_kv_heads, c.d_ff, c.phases, i, c.n_layers,
                             use_rotation=c.use_rotation, use_phase_norm=c.use_phase_norm, eps=c.eps,
                             backend=c.backend, moe_options=moe_options if c.is_moe_layer(i) else None,
+                            hedgehog_options=c.hedgehog_options() if c.is_hedgehog_layer(i) else None,
                             **factory)
             for i in range(c.n_layers))
         self.norm_f = PhaseRMSNorm(c.d_model, c.norm_phases, c.eps, c.backend, **factory)
@@ -147,8 +149,10 @@ class ThreePhaseTransformer(nn.Module):
         return summary
 
     def new_kv_cache(self, capacity: int | None = None) -> KVCache:
-        """An empty KV cache for up to ``capacity`` (default ``max_seq_len``) positions."""
-        return KVCache(len(self.blocks), capacity or self.config.max_seq_len)
+        """An empty KV cache for up to ``capacity`` (default ``max_seq_len``) positions; a
+        :class:`LinearAttentionCache` (recurrent state for the Hedgehog layers) when there are any."""
+        kind = LinearAttentionCache if self.config.attention == "hedgehog" else KVCache
+        return kind(len(self.blocks), capacity or self.config.max_seq_len)
 
     # ---------------------------------------------------------------- forward
 

@@ -10,6 +10,8 @@ from tpt_ops.nn.backend import BACKENDS, OP_NAMES, Ops, check_backend, ops_for
 from tpt_ops.nn.block import ThreePhaseBlock
 from tpt_ops.nn.embedding import HornEmbedding
 from tpt_ops.nn.ffn import SwiGLU
+from tpt_ops.nn.hedgehog import (HedgehogAttention, HedgehogFeatureMap, LinearAttentionCache,
+                                 hedgehog_distillation_loss)
 from tpt_ops.nn.moe import TokenChoiceMoE
 from tpt_ops.nn.norm import PhaseRMSNorm
 from tpt_ops.nn.rotation import PhaseRotation
@@ -19,4 +21,5 @@ __all__ = [
     "PhaseRMSNorm", "PhaseRotation", "HornEmbedding",
     "RotaryEmbedding", "rotate_half", "check_heads", "KVCache", "GroupedQueryAttention",
     "SwiGLU", "TokenChoiceMoE", "ThreePhaseBlock",
+    "HedgehogAttention", "HedgehogFeatureMap", "LinearAttentionCache", "hedgehog_distillation_loss",
 ]

@@ -7,7 +7,7 @@ Every module of :mod:`tpt_ops.nn` that uses a 3PT op takes ``backend``:
 * ``"reference"`` the same-named functions of :mod:`tpt_ops.reference`
   (plain PyTorch, the ground truth and the "unfused" baseline).
 
-Both expose the same eleven functions with the same signatures, so a model's
+Both expose the same fifteen functions with the same signatures, so a model's
 math, parameters and state_dict do not depend on the backend.
 """
 from __future__ import annotations
@@ -22,7 +22,8 @@ BACKENDS = ("fused", "reference")
 
 #: The functional ops a backend must provide (names and signatures of tpt_ops.reference).
 OP_NAMES = ("phase_rmsnorm", "phase_rotate", "horn_inject", "horn_embedding", "add_rotate_norm", "add_norm",
-            "swiglu", "qkv_rope", "moe_route", "moe_permute", "moe_unpermute")
+            "swiglu", "qkv_rope", "moe_route", "moe_permute", "moe_unpermute",
+            "hedgehog_feature_map", "linear_attention", "linear_attention_prefill", "linear_attention_step")
 
 _MODULES = {"fused": tpt_ops, "reference": tpt_ops.reference}
 
@@ -43,6 +44,10 @@ class Ops:
     moe_route: Callable
     moe_permute: Callable
     moe_unpermute: Callable
+    hedgehog_feature_map: Callable
+    linear_attention: Callable
+    linear_attention_prefill: Callable
+    linear_attention_step: Callable
 
 
 _CACHE: dict[str, Ops] = {}

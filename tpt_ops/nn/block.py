@@ -7,6 +7,7 @@ from torch import Tensor, nn
 from tpt_ops.nn.attention import GroupedQueryAttention, KVCache
 from tpt_ops.nn.backend import check_backend, ops_for
 from tpt_ops.nn.ffn import SwiGLU
+from tpt_ops.nn.hedgehog import HedgehogAttention
 from tpt_ops.nn.moe import TokenChoiceMoE
 from tpt_ops.nn.norm import PhaseRMSNorm
 from tpt_ops.nn.rotation import PhaseRotation
@@ -44,12 +45,15 @@ class ThreePhaseBlock(nn.Module):
         backend: ``"fused"`` or ``"reference"``.
         moe_options: None for the SwiGLU FFN of width ``d_ff``; else the
             :class:`TokenChoiceMoE` arguments (other than d_model and backend) of the FFN.
+        hedgehog_options: None for softmax attention; else the :class:`HedgehogAttention`
+            arguments beyond the head layout (``feature_dim``, ``feature_bias``).
     """
 
     def __init__(self, d_model: int, n_q_heads: int, n_kv_heads: int, d_ff: int, n_phases: int = 3,
                  layer_idx: int = 0, n_layers: int = 1, use_rotation: bool = True,
                  use_phase_norm: bool = True, eps: float = 1e-6, backend: str = "fused",
-                 moe_options: dict | None = None, device: torch.device | str | None = None,
+                 moe_options: dict | None = None, hedgehog_options: dict | None = None,
+                 device: torch.device | str | None = None,
                  dtype: torch.dtype | None = None) -> None:
         super().__init__()
         self.layer_idx = layer_idx
@@ -57,7 +61,10 @@ class ThreePhaseBlock(nn.Module):
         norm_phases = n_phases if use_phase_norm else 1
         factory = {"device": device, "dtype": dtype}
         self.norm1 = PhaseRMSNorm(d_model, norm_phases, eps, backend, **factory)
-        self.attn = GroupedQueryAttention(d_model, n_q_heads, n_kv_heads, n_phases, backend, **factory)
+        self.attn = (GroupedQueryAttention(d_model, n_q_heads, n_kv_heads, n_phases, backend, **factory)
+                     if hedgehog_options is None else
+                     HedgehogAttention(d_model, n_q_heads, n_kv_heads, n_phases, **hedgehog_options, backend=backend,
+                                       **factory))
         self.rotation = (PhaseRotation(d_model, n_phases, layer_idx, n_layers, backend, **factory)
                          if use_rotation else None)
         self.norm2 = PhaseRMSNorm(d_model, norm_phases, eps, backend, **factory)

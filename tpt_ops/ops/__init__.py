@@ -1,7 +1,7 @@
 """The fused 3PT ops: functional API, autograd and fake kernels over ``torch.ops.tpt.*``.
 
 One module per family (``norm``, ``rotate``, ``horn``, ``block``, ``swiglu``,
-``rope``) registers the Python side of the ops that ``tpt_ops._C`` defines
+``rope``, ``moe``, ``hedgehog``) registers the Python side of the ops that ``tpt_ops._C`` defines
 (:mod:`tpt_ops.ops._extension` loads it). Without the compiled extension the
 family modules are not imported and every function here raises an
 :class:`ImportError` that says how to build it.
@@ -13,7 +13,8 @@ from typing import Callable
 from tpt_ops.ops._extension import LOAD_ERROR, missing_extension
 
 __all__ = ["phase_rmsnorm", "phase_rotate", "horn_inject", "horn_embedding", "add_rotate_norm", "add_norm",
-           "swiglu", "qkv_rope", "linear_swiglu", "moe_route", "moe_permute", "moe_unpermute"]
+           "swiglu", "qkv_rope", "linear_swiglu", "moe_route", "moe_permute", "moe_unpermute",
+           "hedgehog_feature_map", "linear_attention", "linear_attention_prefill", "linear_attention_step"]
 
 
 def _needs_extension(name: str) -> Callable:
@@ -25,6 +26,8 @@ def _needs_extension(name: str) -> Callable:
 
 if LOAD_ERROR is None:
     from tpt_ops.ops.block import add_norm, add_rotate_norm
+    from tpt_ops.ops.hedgehog import (hedgehog_feature_map, linear_attention, linear_attention_prefill,
+                                      linear_attention_step)
     from tpt_ops.ops.horn import horn_embedding, horn_inject
     from tpt_ops.ops.moe import moe_permute, moe_route, moe_unpermute
     from tpt_ops.ops.norm import phase_rmsnorm
@@ -44,3 +47,7 @@ else:
     moe_route = _needs_extension("moe_route")
     moe_permute = _needs_extension("moe_permute")
     moe_unpermute = _needs_extension("moe_unpermute")
+    hedgehog_feature_map = _needs_extension("hedgehog_feature_map")
+    linear_attention = _needs_extension("linear_attention")
+    linear_attention_prefill = _needs_extension("linear_attention_prefill")
+    linear_attention_step = _needs_extension("linear_attention_step")

@@ -149,3 +149,55 @@ def check_moe_matrix(op: str, arg: str, t: Tensor, rows_name: str, rows: int, co
 def check_moe_slot_token(op: str, slot_token: Tensor, A: int) -> None:
     if slot_token.dim() != 1 or slot_token.shape[0] != A:
         fail(op, f"argument 'slot_token' must have shape [{A}], got {list(slot_token.shape)}")
+
+
+# ---- hedgehog (csrc/cpu/checks.c: tpt_check_hedgehog_u, tpt_check_linear_attention, tpt_check_shape,
+# tpt_check_one_token) ----
+
+def check_hedgehog_u(op: str, u: Tensor) -> int:
+    """F of u [..., F]."""
+    check_float(op, "u", u)
+    if u.dim() < 1:
+        fail(op, "argument 'u' must have at least 1 dimension, got a scalar")
+    if u.shape[-1] < 1:
+        fail(op, "the last dim of 'u' (F) must be >= 1, got 0")
+    return u.shape[-1]
+
+
+def check_linear_attention(op: str, phi_q: Tensor, phi_k: Tensor, v: Tensor) -> tuple[int, int, int, int, int, int]:
+    """(B, H, Hkv, T, K, Dv) of phi_q [B, H, T, K], phi_k [B, Hkv, T, K], v [B, Hkv, T, Dv]."""
+    for arg, t in (("phi_q", phi_q), ("phi_k", phi_k), ("v", v)):
+        check_float(op, arg, t)
+    for arg, t in (("phi_k", phi_k), ("v", v)):
+        if t.device != phi_q.device:
+            fail(op, f"argument '{arg}' is on a different device from the input")
+    for arg, t, layout in (("phi_q", phi_q, "[B, H, T, 2F]"), ("phi_k", phi_k, "[B, Hkv, T, 2F]"),
+                           ("v", v, "[B, Hkv, T, Dv]")):
+        if t.dim() != 4:
+            fail(op, f"argument '{arg}' must be 4-d {layout}, got {list(t.shape)}")
+    if v.shape[:3] != phi_k.shape[:3]:
+        fail(op, f"argument 'v' must be [B, Hkv, T, Dv] with the B, Hkv, T of phi_k {list(phi_k.shape)}, "
+                 f"got {list(v.shape)}")
+    if phi_q.shape[0] != phi_k.shape[0] or phi_q.shape[2] != phi_k.shape[2]:
+        fail(op, f"argument 'phi_q' must be [B, H, T, 2F] with the B, T of phi_k {list(phi_k.shape)}, "
+                 f"got {list(phi_q.shape)}")
+    if phi_q.shape[3] != phi_k.shape[3]:
+        fail(op, f"the feature widths of phi_q ({phi_q.shape[3]}) and phi_k ({phi_k.shape[3]}) differ")
+    B, H, T, K = phi_q.shape
+    Hkv, Dv = phi_k.shape[1], v.shape[3]
+    if Hkv < 1 or H < 1 or H % Hkv:
+        fail(op, f"the query heads (H={H}) must be a positive multiple of the key/value heads (Hkv={Hkv})")
+    return B, H, Hkv, T, K, Dv
+
+
+def check_shape(op: str, arg: str, t: Tensor, names: str, sizes: tuple[int, ...], like: Tensor) -> None:
+    """t has exactly the given sizes (spelled out by names) and is on like's device."""
+    if tuple(t.shape) != tuple(sizes):
+        fail(op, f"argument '{arg}' must have shape {names} = {list(sizes)}, got {list(t.shape)}")
+    if t.device != like.device:
+        fail(op, f"argument '{arg}' is on a different device from the input")
+
+
+def check_one_token(op: str, T: int) -> None:
+    if T != 1:
+        fail(op, f"a decoding step takes one token (T=1), got T={T}")
