@@ -74,13 +74,16 @@ def bench_op(benchmark, record, key: tuple, impl: str, fn, args: tuple, mode: st
     record(key, impl, benchmark, nbytes)
 
 
-BASELINES = ("eager", "compile", "unfused")  # other implementations, when a benchmark has them
+def baselines() -> list[str]:
+    """Every implementation recorded beside "tpt" (eager, compile, unfused, sdpa, ...), in the order first seen."""
+    return list(dict.fromkeys(impl for r in RESULTS.values() for impl in r if impl != "tpt"))
 
 
 def results_table(gbps: float) -> list[str]:
     """Markdown rows: tpt time, each baseline's time and tpt's speedup over it, GB/s and % of copy bandwidth."""
+    names = baselines()
     header = ["op", "mode", "dtype", "tpt ms"]
-    for b in BASELINES:
+    for b in names:
         header += [f"{b} ms", f"x {b}"]
     header += ["GB/s", "% copy bw"]
     rows = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
@@ -90,7 +93,7 @@ def results_table(gbps: float) -> list[str]:
             continue
         t, nbytes = r["tpt"]
         cells = [*key[:3], f"{t * 1e3:.2f}"]
-        for b in BASELINES:
+        for b in names:
             cells += [f"{r[b][0] * 1e3:.2f}", f"{r[b][0] / t:.2f}"] if b in r else ["", ""]
         achieved = nbytes / t / 1e9
         cells += [f"{achieved:.1f}", f"{100 * achieved / gbps:.0f}%"]
