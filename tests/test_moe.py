@@ -483,3 +483,31 @@ def test_index_values_are_checked():
     with pytest.raises(TypeError, match=r"tpt_ops.numpy.moe_permute_forward: argument 'slots' has dtype int32; "
                                         r"expected int64"):
         tpt_ops.numpy.moe_permute_forward(x.numpy(), S.int().numpy(), ST.numpy())
+
+
+def test_data_path_sums_start_from_zero():
+    """moe_unpermute and the permute's backward add each token's kept rows to a sum that starts at +0, so a
+    token whose terms are all -0 gets +0 (an accumulator seeded with the first term would keep -0), and a token
+    with no kept row gets +0: the bits of the float32 sum 0 + t_0 + t_1 + ... in choice order."""
+    gates, _, slots, slot_token, *_ = routing(capacity_factor=0.5)
+    A = slot_token.numel()
+    gen = torch.Generator().manual_seed(9)
+    out = torch.randn(A, 16, generator=gen)
+    out[::3] = -0.0  # whole rows of -0: products -0 (or +0 for a negative gate)
+    dropped = slots < 0
+    assert dropped.any() and (~dropped).all(1).any()
+    gates = gates.float()
+    y = tpt_ops.moe_unpermute(out, gates, slots, slot_token)
+    dx = torch.ops.tpt.moe_permute_backward(out, slots)
+    y_exact = torch.zeros_like(y)
+    dx_exact = torch.zeros_like(dx)
+    for j in range(slots.shape[1]):
+        kept = ~dropped[:, j]
+        rows = out[slots[:, j].clamp(min=0)]
+        y_exact[kept] = y_exact[kept] + gates[kept, j, None] * rows[kept]
+        dx_exact[kept] = dx_exact[kept] + rows[kept]
+    for got, exact in ((y, y_exact), (dx, dx_exact)):
+        assert torch.equal(got.view(torch.int32), exact.view(torch.int32))
+    one_kept = (~dropped).sum(1) == 1
+    on_zero_row = (slots.clamp(min=0) % 3 == 0) & ~dropped
+    assert (one_kept & on_zero_row.any(1)).any()  # a token whose one term is -0: +0 here, -0 if seeded with it

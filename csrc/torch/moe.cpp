@@ -2,9 +2,14 @@
 #include "glue.h"
 #include "../cpu/moe.h"
 
+#include <cstdint>
 #include <optional>
 #include <string>
 #include <tuple>
+
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
 
 namespace tpt {
 namespace {
@@ -39,6 +44,22 @@ void check_layout(const Tensor& slots, const Tensor* slot_token, const char* op)
   if (slot_token) TPT_RULE(op, tpt_check_vector, "slot_token", shape_of(*slot_token), M * k);
   TPT_RULE(op, tpt_check_moe_layout, slots.const_data_ptr<int64_t>(),
            slot_token ? slot_token->const_data_ptr<int64_t>() : nullptr, M, k);
+}
+
+// A fresh row output of tens of MB ([M*k, D] above all) is mapped page by page
+// on its first write, and those 4 KiB page faults took more time than the copy
+// itself. Asking for transparent huge pages on its 2 MiB-aligned interior
+// takes 512 times fewer faults; it changes no value, and pages already in use
+// (a reused allocation) stay as they are. Below 2 MiB there is no huge page to ask for.
+Tensor advise_huge_pages(Tensor t) {
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  constexpr uintptr_t kHugePage = uintptr_t{2} << 20;
+  const uintptr_t begin = reinterpret_cast<uintptr_t>(t.data_ptr());
+  const uintptr_t end = begin + static_cast<uintptr_t>(t.numel()) * t.element_size();
+  const uintptr_t first = (begin + kHugePage - 1) & ~(kHugePage - 1), last = end & ~(kHugePage - 1);
+  if (last > first) madvise(reinterpret_cast<void*>(first), last - first, MADV_HUGEPAGE);  // advice only: may fail
+#endif
+  return t;
 }
 
 int score_code(const std::string& score, const char* op) {
@@ -161,7 +182,7 @@ Tensor moe_permute(Tensor x, Tensor slots, Tensor slot_token) {
   check_layout(slots, &slot_token, kPermute);
   x = torch::stable::contiguous(x);
   const int64_t D = x.size(1);
-  Tensor buf = torch::stable::new_empty(x, {M * k, D});
+  Tensor buf = advise_huge_pages(torch::stable::new_empty(x, {M * k, D}));
   const int64_t* tokens = slot_token.const_data_ptr<int64_t>();
   parallel_rows(kPermute, M * k, row_grain(D), [&](int64_t begin, int64_t end) {
     return moe_permute_forward(buf.mutable_data_ptr(), x.const_data_ptr(), tokens, dt, begin, end, D);
@@ -181,7 +202,7 @@ Tensor moe_permute_backward(Tensor dbuf, Tensor slots) {
   check_layout(slots, nullptr, op);
   dbuf = torch::stable::contiguous(dbuf);
   const int64_t D = dbuf.size(1);
-  Tensor dx = torch::stable::new_empty(dbuf, {M, D});
+  Tensor dx = advise_huge_pages(torch::stable::new_empty(dbuf, {M, D}));
   parallel_rows(op, M, row_grain(k * D), [&](int64_t begin, int64_t end) {
     return by_precision(dt, [&](auto tag) {
       return kernels::moe_permute_backward<decltype(tag)>(dx.mutable_data_ptr(), dbuf.const_data_ptr(),
@@ -214,7 +235,7 @@ Tensor moe_unpermute(Tensor out, Tensor gates, Tensor slots, Tensor slot_token) 
   tpt_dtype dt;
   const Tensor g = check_unpermute(out, gates, slots, slot_token, kUnpermute, &dt);
   const int64_t M = slots.size(0), k = slots.size(1), D = out.size(1);
-  Tensor y = torch::stable::new_empty(out, {M, D});
+  Tensor y = advise_huge_pages(torch::stable::new_empty(out, {M, D}));
   parallel_rows(kUnpermute, M, row_grain(k * D), [&](int64_t begin, int64_t end) {
     return by_precision(dt, [&](auto tag) {
       using real = decltype(tag);
@@ -236,7 +257,7 @@ std::tuple<Tensor, Tensor> moe_unpermute_backward(Tensor dy, Tensor out, Tensor 
   check_same_device(dy, out, op, "dy");
   TPT_RULE(op, tpt_check_moe_matrix, "dy", shape_of(dy), "M", M, D);
   dy = torch::stable::contiguous(torch::stable::to(dy, out.scalar_type()));
-  Tensor dout = torch::stable::empty_like(out);
+  Tensor dout = advise_huge_pages(torch::stable::empty_like(out));
   Tensor dgates = torch::stable::new_zeros(g, {M, k});  // dropped assignments keep their 0
   parallel_rows(op, M * k, row_grain(2 * D), [&](int64_t begin, int64_t end) {
     return by_precision(dt, [&](auto tag) {
