@@ -94,8 +94,8 @@ def main(argv: list[str] | None = None) -> dict:
     sample = out / "fused" / "sample.txt"
     if sample.exists():
         print(f"sample:\n{sample.read_text()}")
-    print("note: at these settings 3PT and its matched RoPE-only baseline (--baseline) measured 1.856/1.836 and "
-          "1.876/1.861 bpb for seeds 0/1 (benchmarks/RESULTS.md): a gap the size of the seed spread. The paper's "
+    print("note: at these settings 3PT and its matched RoPE-only baseline (--baseline) measured 1.850/1.847 and "
+          "1.878/1.859 bpb for seeds 0/1 (benchmarks/RESULTS.md): a gap the size of the seed spread. The paper's "
           "-7.2% perplexity was measured at 123M parameters on WikiText-103. This demo shows measurements, not claims.")
     summary = {"training": fused, "timing": timed}
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
