@@ -2,6 +2,22 @@
 #include "face.h"
 #include "cpu/block.h"
 
+/* add_rotate_norm's theta ([D/N/2], cast to `type`) in *theta, or NULL for
+ * theta=None (add_norm). -1 with the exception set on bad input. */
+static int optional_theta(np_refs* refs, PyObject* obj, const char* fn, int type, npy_intp D, long long n_phases,
+                          PyArrayObject** theta) {
+    *theta = NULL;
+    if (obj == Py_None) return 0;
+    if (!(*theta = np_float_array(refs, obj, fn, "theta", type))) return -1;
+    char msg[TPT_MSG_SIZE];
+    if (tpt_check_even_phase_width(msg, D, n_phases) ||
+        tpt_check_vector(msg, "theta", np_shape(*theta), D / n_phases / 2)) {
+        np_raise(PyExc_ValueError, fn, msg);
+        return -1;
+    }
+    return 0;
+}
+
 NP_FUNCTION(add_rotate_norm_forward) {
     static char* names[] = {"h", "a", "theta", "weight", "n_phases", "eps", NULL};
     const char* fn = "add_rotate_norm_forward";
@@ -22,12 +38,8 @@ NP_FUNCTION(add_rotate_norm_forward) {
     NP_RULE(tpt_check_eps, eps);
     const npy_intp D = PyArray_DIM(h, PyArray_NDIM(h) - 1), M = D ? PyArray_SIZE(h) / D : 0;
     NP_RULE(tpt_check_vector, "weight", np_shape(w), D);
-    PyArrayObject* theta = NULL;
-    if (to != Py_None) {
-        if (!(theta = np_float_array(refs, to, fn, "theta", type))) return NULL;
-        NP_RULE(tpt_check_even_phase_width, D, n_phases);
-        NP_RULE(tpt_check_vector, "theta", np_shape(theta), D / n_phases / 2);
-    }
+    PyArrayObject* theta;
+    if (optional_theta(refs, to, fn, type, D, n_phases, &theta)) return NULL;
     npy_intp rstd_dims[NPY_MAXDIMS];
     np_dims_with_last(rstd_dims, h, n_phases);
     PyArrayObject *h_new = np_new_like(refs, h), *normed = np_new_like(refs, h);
@@ -64,12 +76,8 @@ NP_FUNCTION(add_rotate_norm_backward) {
     npy_intp D = PyArray_DIM(h, PyArray_NDIM(h) - 1);
     const npy_intp M = D ? PyArray_SIZE(h) / D : 0;
     NP_RULE(tpt_check_vector, "weight", np_shape(w), D);
-    PyArrayObject* theta = NULL;
-    if (to != Py_None) {
-        if (!(theta = np_float_array(refs, to, fn, "theta", type))) return NULL;
-        NP_RULE(tpt_check_even_phase_width, D, n_phases);
-        NP_RULE(tpt_check_vector, "theta", np_shape(theta), D / n_phases / 2);
-    }
+    PyArrayObject* theta;
+    if (optional_theta(refs, to, fn, type, D, n_phases, &theta)) return NULL;
     NP_RULE(tpt_check_numel, "rstd", PyArray_SIZE(rstd), M * n_phases);
     npy_intp H = theta ? D / n_phases / 2 : 0;
     const npy_intp n_blocks = tpt_num_row_blocks(M), w_dims[2] = {n_blocks, D}, th_dims[2] = {n_blocks, H};
