@@ -15,6 +15,13 @@
 #define TPT_HD static inline
 #endif
 
+/* C99's restrict, spelled as C++ (and so CUDA) compilers take it */
+#if defined(__CUDACC__) || defined(__cplusplus)
+#define TPT_RESTRICT __restrict__
+#else
+#define TPT_RESTRICT restrict
+#endif
+
 /* Portable runtime dispatch: one clone per x86-64 microarchitecture level,
  * picked when the library loads. Never -march=native. -DTPT_NO_MULTIVERSION
  * builds one plain version for the -march given (tests/test_build.py builds

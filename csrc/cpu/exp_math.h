@@ -1,8 +1,9 @@
 /* exp(t) for t <= 0 from plain arithmetic, shared by the kernels that
- * exponentiate max-shifted values (moe.inc's softmax, hedgehog.inc's feature
- * map). Written once for the precision `real` (real.h); defined once per
- * precision per translation unit. */
-#include "real.h"
+ * exponentiate max-shifted values (the MoE router's softmax, Hedgehog's
+ * feature map), on the CPU and on the GPU. A per-precision math header (see
+ * csrc/README.md): written once for the precision `real`, included after
+ * real.h (C) or cuda/real.cuh (CUDA); defined once per precision per
+ * translation unit. */
 
 #if (TPT_PRECISION == 32 && !defined(TPT_EXP_ROW_32)) || (TPT_PRECISION == 64 && !defined(TPT_EXP_ROW_64))
 #if TPT_PRECISION == 32
@@ -16,7 +17,7 @@
  * last bit differs between machines. t = n*ln2 + r, |r| <= ln2/2, exp(r) by a
  * polynomial, 2^n written into the exponent bits; 0 below the smallest normal
  * result (a softmax term that small is lost in the sum of terms >= 1). */
-static inline real SFX(tpt_exp_nonpos)(real t) {
+TPT_HD real SFX(tpt_exp_nonpos)(real t) {
 #if TPT_PRECISION == 32
     const int in_range = t >= -87.0f;
     const float tc = in_range ? t : -87.0f;

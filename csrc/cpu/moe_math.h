@@ -1,0 +1,147 @@
+/* The per-row arithmetic of the MoE router, shared by the C kernels
+ * (moe.inc) and the CUDA kernels (csrc/cuda/moe.cuh, where one thread runs a
+ * token's row): exp and log in plain arithmetic, the softmax, top-k, gates
+ * and the row backward. A per-precision math header (csrc/README.md). */
+#include "exp_math.h"
+
+#if (TPT_PRECISION == 32 && !defined(TPT_MOE_MATH_32)) || (TPT_PRECISION == 64 && !defined(TPT_MOE_MATH_64))
+#if TPT_PRECISION == 32
+#define TPT_MOE_MATH_32
+#else
+#define TPT_MOE_MATH_64
+#endif
+
+/* log(x) for a finite x >= 1 (a softmax denominator) from plain arithmetic:
+ * x = 2^n * m with m in [sqrt(1/2), sqrt(2)), log(m) = 2 atanh(u) with
+ * u = (m - 1) / (m + 1), |u| < 0.172, by its series (terms to u^11 in
+ * float32, u^23 in float64: the first omitted one is under 2^-26 resp.
+ * 2^-60 of the result), ln2 in two parts so that n * ln2_hi is exact. */
+TPT_HD real SFX(moe_log_ge1)(real x) {
+#if TPT_PRECISION == 32
+    const uint32_t u = tpt_float_to_bits(x);
+    real n = (real)((int32_t)(u >> 23) - 127);
+    real m = tpt_bits_to_float((u & 0x7fffffu) | 0x3f800000u);
+    const int halve = m > 1.41421356f;
+    const int terms = 5;
+    const real ln2_hi = 0.693359375f, ln2_lo = -2.12194440e-4f;
+#else
+    uint64_t u;
+    memcpy(&u, &x, 8);
+    real n = (real)((int64_t)(u >> 52) - 1023);
+    const uint64_t mbits = (u & 0xfffffffffffffull) | 0x3ff0000000000000ull;
+    real m;
+    memcpy(&m, &mbits, 8);
+    const int halve = m > 1.4142135623730951;
+    const int terms = 11;
+    const real ln2_hi = 6.93147180369123816490e-01, ln2_lo = 1.90821492927058770002e-10;
+#endif
+    if (halve) {
+        m = m * (real)0.5;
+        n = n + 1;
+    }
+    const real v = (m - 1) / (m + 1), v2 = v * v;
+    real series = (real)1 / (real)(2 * terms + 1);
+    for (int i = terms - 1; i >= 0; i--) series = series * v2 + (real)1 / (real)(2 * i + 1);
+    const real log_m = 2 * v * series;
+    const real result = n * ln2_hi + (n * ln2_lo + log_m);
+    return x == x && x < (real)INFINITY ? result : x;
+}
+
+/* max_e l[e], kept per lane so that the compare-and-select vectorises (a
+ * serial running max does not). The maximum of finite values is the same in
+ * any grouping; with a NaN among them every score, gate and lse comes out NaN
+ * whichever value the shift takes. */
+TPT_HD real SFX(moe_row_max)(const real* l, int64_t E) {
+    real mx = l[0];
+    int64_t e = 0;
+    if (E >= TPT_LANES) {
+        real lane[TPT_LANES];
+        for (int i = 0; i < TPT_LANES; i++) lane[i] = l[i];
+        for (e = TPT_LANES; e + TPT_LANES <= E; e += TPT_LANES)
+            for (int i = 0; i < TPT_LANES; i++) lane[i] = l[e + i] > lane[i] ? l[e + i] : lane[i];
+        mx = lane[0];
+        for (int i = 1; i < TPT_LANES; i++) mx = lane[i] > mx ? lane[i] : mx;
+    }
+    for (; e < E; e++) mx = l[e] > mx ? l[e] : mx;
+    return mx;
+}
+
+/* p = softmax(l) over E (max-shifted); returns lse = log sum_e exp(l_e). */
+TPT_HD real SFX(moe_softmax)(real* p, const real* l, int64_t E) {
+    const real mx = SFX(moe_row_max)(l, E);
+    real sum = 0;
+    for (int64_t e = 0; e < E; e++) {
+        p[e] = SFX(tpt_exp_nonpos)(l[e] - mx);
+        sum += p[e];
+    }
+    for (int64_t e = 0; e < E; e++) p[e] = p[e] / sum;
+    return mx + SFX(moe_log_ge1)(sum);
+}
+
+/* The k largest of s[e] + bias[e] (bias NULL: s[e] + 0) into experts[0..k),
+ * descending, equal values in expert order: an insertion pass over e in
+ * increasing order, where only a strictly larger value moves ahead. */
+TPT_HD void SFX(moe_top_k)(int64_t* experts, real* best, const real* s, const real* bias, int64_t E,
+                                  int64_t k) {
+    int64_t filled = 0;
+    for (int64_t e = 0; e < E; e++) {
+        const real v = s[e] + (bias ? bias[e] : 0);
+        if (filled == k && !(v > best[k - 1])) continue;
+        int64_t p = filled < k ? filled : k - 1;
+        while (p > 0 && v > best[p - 1]) {
+            best[p] = best[p - 1];
+            experts[p] = experts[p - 1];
+            p--;
+        }
+        best[p] = v;
+        experts[p] = e;
+        if (filled < k) filled++;
+    }
+}
+
+/* s (softmax or sigmoid) and p = softmax of one row of logits; s may be p. Returns lse. */
+TPT_HD real SFX(moe_scores)(real* s, real* p, const real* l, int64_t E, int score) {
+    const real lse = SFX(moe_softmax)(p, l, E);
+    if (score == TPT_MOE_SIGMOID)
+        for (int64_t e = 0; e < E; e++) s[e] = SIGMOID(l[e]);
+    return lse;
+}
+
+/* gates[j] = s[chosen[j]] / S, S = sum_j s[chosen[j]] in order j (normalize), else s[chosen[j]] */
+TPT_HD void SFX(moe_gates)(real* gates, const int64_t* chosen, const real* s, int64_t k, int normalize) {
+    real sum = 0;
+    for (int64_t j = 0; j < k; j++) {
+        gates[j] = s[chosen[j]];
+        sum += gates[j];
+    }
+    if (normalize)
+        for (int64_t j = 0; j < k; j++) gates[j] = gates[j] / sum;
+}
+
+/* dl [E] of one token (moe.h, moe_route_backward) from its scores s, softmax p,
+ * the loss-balance gradient aux_grad [E] (daux * E * f_e / M), its choices,
+ * dgates, gates and slots [k], and z_scale = dz * 2 lse / M; ds [E] is scratch. */
+TPT_HD void SFX(moe_route_row_backward)(real* dl, real* ds, const real* s, const real* p, const real* aux_grad,
+                                       const int64_t* chosen, const real* dg, const real* g, const int64_t* slot,
+                                       real z_scale, int64_t E, int64_t k, int normalize, int score) {
+    for (int64_t e = 0; e < E; e++) ds[e] = aux_grad[e];
+    if (normalize) {
+        real sum = 0, c = 0;
+        for (int64_t j = 0; j < k; j++) {
+            sum += s[chosen[j]];
+            if (slot[j] >= 0) c += dg[j] * g[j];
+        }
+        for (int64_t j = 0; j < k; j++) ds[chosen[j]] += ((slot[j] >= 0 ? dg[j] : 0) - c) / sum;
+    } else {
+        for (int64_t j = 0; j < k; j++)
+            if (slot[j] >= 0) ds[chosen[j]] += dg[j];
+    }
+    if (score == TPT_MOE_SIGMOID) {
+        for (int64_t e = 0; e < E; e++) dl[e] = ds[e] * s[e] * (1 - s[e]) + z_scale * p[e];
+    } else {
+        real dot = 0;
+        for (int64_t e = 0; e < E; e++) dot += ds[e] * s[e];
+        for (int64_t e = 0; e < E; e++) dl[e] = s[e] * (ds[e] - dot) + z_scale * p[e];
+    }
+}
+#endif
