@@ -118,6 +118,27 @@ TPT_HD void SFX(moe_gates)(real* gates, const int64_t* chosen, const real* s, in
         for (int64_t j = 0; j < k; j++) gates[j] = gates[j] / sum;
 }
 
+/* aux_loss = E * sum_e f_e P_e (f_e = counts[e] / max(1, n_kept), P_e = prob_sums[e] / M) and
+ * z_loss = lse_sq_sum / M, both 0 when M = 0 */
+TPT_HD void SFX(moe_losses)(real* aux_loss, real* z_loss, const int64_t* counts, const real* prob_sums,
+                           real lse_sq_sum, int64_t M, int64_t E) {
+    int64_t n_kept = 0;
+    for (int64_t e = 0; e < E; e++) n_kept += counts[e];
+    real aux = 0;
+    const real kept = (real)(n_kept > 1 ? n_kept : 1), tokens = (real)M;
+    for (int64_t e = 0; e < E; e++) aux += ((real)counts[e] / kept) * (prob_sums[e] / tokens);
+    *aux_loss = M ? (real)E * aux : 0;
+    *z_loss = M ? lse_sq_sum / tokens : 0;
+}
+
+/* aux_grad[e] = daux * E * f_e / max(1, M): the balance loss's gradient of every score of expert e */
+TPT_HD void SFX(moe_aux_grad)(real* aux_grad, real daux, const int64_t* counts, int64_t M, int64_t E) {
+    int64_t n_kept = 0;
+    for (int64_t e = 0; e < E; e++) n_kept += counts[e];
+    const real kept = (real)(n_kept > 1 ? n_kept : 1), tokens = (real)(M > 1 ? M : 1);
+    for (int64_t e = 0; e < E; e++) aux_grad[e] = daux * (real)E * ((real)counts[e] / kept) / tokens;
+}
+
 /* dl [E] of one token (moe.h, moe_route_backward) from its scores s, softmax p,
  * the loss-balance gradient aux_grad [E] (daux * E * f_e / M), its choices,
  * dgates, gates and slots [k], and z_scale = dz * 2 lse / M; ds [E] is scratch. */
