@@ -9,7 +9,9 @@ import shutil
 import subprocess
 import tempfile
 
+import numpy as np
 import pytest
+import torch
 
 import tpt_ops
 
@@ -190,3 +192,103 @@ def test_trig_is_accurate_and_gives_the_same_bits_on_every_cpu(tmp_path):
         assert run.returncode == 0, f"{level}: {run.stdout}{run.stderr}"
         outputs[level] = run.stdout
     assert len(set(outputs.values())) == 1, outputs
+
+
+# ---- the bfloat16/float16 row conversions of common.h, as the kernels run them ----
+
+CONVERSION_DRIVER = str(ROOT / "tests" / "c" / "conversion_check.c")
+
+
+def float_bit_patterns():
+    """float32 bit patterns (uint32) covering both signs and every exponent: each bfloat16 value with the 16 low
+    bits at the rounding boundaries (0, 1, just under/at/over the tie, all ones) and random; for the float16 range
+    (float32 exponents 97..144: float16 subnormals, normals, overflow) every 10-bit mantissa head with the 13 low
+    bits at the same boundaries, and every rounding-bit position of the subnormals; NaNs (quiet, signalling, with
+    payloads), infinities, float32 subnormals, and 2 million random patterns."""
+    rng = np.random.default_rng(0)
+    heads = np.arange(1 << 16, dtype=np.uint32) << 16
+    bf16_tails = np.array([0, 1, 0x7FFF, 0x8000, 0x8001, 0xFFFF], dtype=np.uint32)
+    patterns = [(heads[:, None] | bf16_tails).ravel(), heads | rng.integers(0, 1 << 16, heads.size, dtype=np.uint32)]
+    exps = np.arange(97, 145, dtype=np.uint32)
+    mant_heads = np.arange(1 << 10, dtype=np.uint32) << 13
+    f16_tails = np.array([0, 1, 0xFFF, 0x1000, 0x1001, 0x1FFF], dtype=np.uint32)
+    f16_range = (exps[:, None, None] << 23) | mant_heads[None, :, None] | f16_tails[None, None, :]
+    bits = 1 << np.arange(24, dtype=np.uint32)
+    near_each_bit = np.concatenate([bits, bits - 1, bits + 1]) & 0x7FFFFF
+    subnormal_ties = (np.arange(97, 114, dtype=np.uint32)[:, None] << 23) | near_each_bit[None, :]
+    for magnitudes in (f16_range.ravel(), subnormal_ties.ravel()):
+        patterns += [magnitudes, magnitudes | 0x80000000]
+    patterns.append(np.array([0x7F800000, 0xFF800000, 0x7F800001, 0x7FC00000, 0x7FFFFFFF, 0xFFC00001, 0x7FA00000,
+                              0x00000001, 0x007FFFFF, 0x80000001, 0x00000000, 0x80000000, 0x7F7FFFFF, 0x477FEFFF,
+                              0x477FF000, 0x38800000, 0x387FFFFF, 0x33000000, 0x33000001], dtype=np.uint32))
+    patterns.append(rng.integers(0, 1 << 32, 2_000_000, dtype=np.uint32))
+    return np.concatenate(patterns)
+
+
+@pytest.fixture(scope="module")
+def conversion_drivers(tmp_path_factory):
+    """A conversion_check build per x86-64 level this CPU runs, plus 'dispatch' (target_clones, as setup.py)."""
+    out_dir = tmp_path_factory.mktemp("conversion_check")
+    built = {}
+    for name in [level for level in LEVELS if level == "x86-64" or cpu_supports(level)] + ["dispatch"]:
+        flags = [] if name == "dispatch" else [f"-march={name}", "-DTPT_NO_MULTIVERSION"]
+        exe = str(out_dir / f"conversion_check_{name}")
+        cmd = [GCC, *project_c_flags(), *flags, f"-I{ROOT / 'csrc' / 'cpu'}", CONVERSION_DRIVER, "-o", exe, "-lm"]
+        result = subprocess.run(cmd, capture_output=True, text=True)
+        assert result.returncode == 0, f"{' '.join(cmd)}\n{result.stderr}"
+        built[name] = exe
+    return built
+
+
+def run_conversion(exe, direction, dtype, values, out_dtype, tmp_path):
+    src, dst = tmp_path / f"{direction}_{dtype}.in", tmp_path / f"{direction}_{dtype}.out"
+    values.tofile(src)
+    result = subprocess.run([exe, direction, dtype, str(src), str(dst)], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    return np.fromfile(dst, dtype=out_dtype)
+
+
+@needs_gcc_on_x86_64
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_every_16_bit_value_converts_exactly_to_float32(conversion_drivers, dtype, tmp_path):
+    """All 65536 bfloat16/float16 bit patterns through the kernels' row input conversion give torch's float32
+    (NumPy's for float16 NaNs, whose payload torch drops), the same bits at every level."""
+    halves = np.arange(1 << 16, dtype=np.uint16)
+    if dtype == "bfloat16":
+        expected = halves.astype(np.uint32) << 16  # bfloat16 is the top half of a float32, NaN payloads included
+        finite = (halves & 0x7FFF) <= 0x7F80
+        from_torch = torch.from_numpy(halves.view(np.int16)).view(torch.bfloat16).float().numpy().view(np.uint32)
+        np.testing.assert_array_equal(expected[finite], from_torch[finite])
+    else:
+        expected = halves.view(np.float16).astype(np.float32).view(np.uint32)
+        not_nan = (halves & 0x7FFF) <= 0x7C00
+        from_torch = torch.from_numpy(halves.view(np.int16)).view(torch.float16).float().numpy().view(np.uint32)
+        np.testing.assert_array_equal(expected[not_nan], from_torch[not_nan])
+    for name, exe in conversion_drivers.items():
+        got = run_conversion(exe, "in", dtype, halves, np.uint32, tmp_path)
+        differ = np.flatnonzero(got != expected)
+        assert differ.size == 0, f"{name}: {differ.size} values differ, first {halves[differ[0]]:#06x}"
+
+
+@needs_gcc_on_x86_64
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_float32_rounds_to_nearest_even_on_every_level(conversion_drivers, dtype, tmp_path):
+    """float32 -> bfloat16/float16 through the kernels' row output conversion: torch's round-to-nearest-even
+    result (and NumPy's for float16) for every non-NaN input of float_bit_patterns; a NaN stays a quiet NaN of the
+    same sign (bfloat16 keeps the payload's top bits, float16 gives 0x7e00); the same bits at every level."""
+    patterns = float_bit_patterns()
+    floats = patterns.view(np.float32)
+    nan = np.isnan(floats)
+    torch_dtype = torch.bfloat16 if dtype == "bfloat16" else torch.float16
+    expected = torch.from_numpy(floats).to(torch_dtype).view(torch.int16).numpy().view(np.uint16).copy()
+    if dtype == "float16":
+        with np.errstate(over="ignore"):
+            np.testing.assert_array_equal(expected[~nan], floats[~nan].astype(np.float16).view(np.uint16))
+        expected[nan] = ((patterns[nan] >> 16) & 0x8000) | 0x7E00
+    else:
+        expected[nan] = (patterns[nan] >> 16) | 0x0040
+    for name, exe in conversion_drivers.items():
+        got = run_conversion(exe, "out", dtype, patterns, np.uint16, tmp_path)
+        differ = np.flatnonzero(got != expected)
+        assert differ.size == 0, (f"{name}: {differ.size} of {patterns.size} differ, first {patterns[differ[0]]:#010x}"
+                                  f" -> {got[differ[0]]:#06x}, expected {expected[differ[0]]:#06x}")

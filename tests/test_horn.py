@@ -70,6 +70,29 @@ def test_embedding_parity(ids_shape, vocab, D, n, dtype, offset):
     assert_close_to_exact(dt, dt_ref, dt_scale, name="dtable")
 
 
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_embedding_gradient_of_a_dominant_id(dtype):
+    """A byte vocabulary where id 0 is 70% of 2000 tokens: its table row is summed in many 128-token chunks (id 1's
+    in one full and one partial chunk), combined in order: close to the exact sum, the same bits for 1, 2 and 3
+    threads, and the NumPy face's bits."""
+    gen = torch.Generator().manual_seed(3)
+    ids = torch.where(torch.rand(4, 500, generator=gen) < 0.7, 0, torch.randint(2, 256, (4, 500), generator=gen))
+    ids.view(-1)[torch.arange(5, 2000, 9)] = 1  # 222 tokens: a full chunk and a partial one
+    table = torch.randn(256, 96, generator=gen).to(dtype).requires_grad_()
+    runs = []
+    for threads in (1, 2, 3):
+        with num_threads(threads):
+            runs.append(grads(lambda t: tpt_ops.horn_embedding(ids, t, 3), (table,)))
+    for y, (dt,) in runs[1:]:
+        assert torch.equal(y, runs[0][0]) and torch.equal(dt, runs[0][1][0])
+    y, (dt,) = runs[0]
+    _, (dt_ref,) = exact_grads(lambda t: reference.horn_embedding(ids, t, 3), (table,), y)
+    _, row_scale = magnitudes(table[ids], output_grads(y)[0], 0)
+    dt_scale = torch.zeros(256, 96, dtype=torch.float64).index_add_(
+        0, ids.flatten(), row_scale.reshape(-1, 96).pow(2)).sqrt()
+    assert_close_to_exact(dt, dt_ref, dt_scale, name="dtable")
+
 def test_int32_ids():
     ids, table = make_embedding((3, 10), 20, 24, torch.float32)
     assert torch.equal(tpt_ops.horn_embedding(ids.int(), table, 3), tpt_ops.horn_embedding(ids, table, 3))

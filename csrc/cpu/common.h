@@ -68,34 +68,37 @@ TPT_HD uint16_t tpt_float_to_bf16(float f) {
     return (uint16_t)((u & 0x7fffffffu) > 0x7f800000u ? quiet_nan : rounded);
 }
 
-/* IEEE binary16 -> float32, exact (subnormals, inf and NaN included). */
+/* IEEE binary16 -> float32, exact (subnormals, inf and NaN included).
+ * Every case is computed and one is selected, with no early return, so that
+ * row loops vectorise in every target_clones variant (integer shifts and one
+ * exact float subtraction: the same bits on every CPU). */
 TPT_HD float tpt_f16_to_float(uint16_t h) {
-    uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
-    uint32_t expo = (h >> 10) & 0x1fu;
-    uint32_t mant = h & 0x3ffu;
-    if (expo == 0x1fu) return tpt_bits_to_float(sign | 0x7f800000u | (mant << 13));
-    if (expo == 0) {
-        /* subnormal: mant * 2^-24, exact in float32 */
-        float v = (float)mant * 5.9604644775390625e-8f;
-        return sign ? -v : v;
-    }
-    return tpt_bits_to_float(sign | ((expo + 112u) << 23) | (mant << 13));
+    const uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
+    const uint32_t magnitude = (uint32_t)(h & 0x7fffu) << 13; /* exponent and mantissa at float32's places */
+    const uint32_t normal = magnitude + (112u << 23);          /* rebias the exponent from 15 to 127 */
+    const uint32_t inf_or_nan = magnitude | 0x7f800000u;
+    /* subnormal m * 2^-24: (1 + m/1024) * 2^-14 - 2^-14, both terms exact, so is their difference */
+    const uint32_t subnormal = tpt_float_to_bits(tpt_bits_to_float(magnitude | 0x38800000u) - 6.103515625e-05f);
+    const uint32_t expo = h & 0x7c00u;
+    return tpt_bits_to_float(sign | (expo == 0x7c00u ? inf_or_nan : expo == 0 ? subnormal : normal));
 }
 
-/* float32 -> IEEE binary16, round to nearest even, overflow to inf. */
+/* float32 -> IEEE binary16, round to nearest even, overflow to inf, NaN to
+ * the quiet NaN 0x7e00 with the sign kept. Select-based for the same reason
+ * as tpt_f16_to_float. */
 TPT_HD uint16_t tpt_float_to_f16(float f) {
-    uint32_t u = tpt_float_to_bits(f);
-    uint16_t sign = (uint16_t)((u >> 16) & 0x8000u);
-    uint32_t absu = u & 0x7fffffffu;
-    if (absu > 0x7f800000u) return (uint16_t)(sign | 0x7e00u);            /* NaN */
-    if (absu >= 0x477ff000u) return (uint16_t)(sign | 0x7c00u);           /* rounds to inf */
-    if (absu < 0x38800000u) {                                              /* subnormal or zero */
-        /* adding 0.5 makes the FPU round the mantissa at 2^-24 granularity */
-        float v = tpt_bits_to_float(absu) + 0.5f;
-        return (uint16_t)(sign | (uint16_t)(tpt_float_to_bits(v) - 0x3f000000u));
-    }
-    uint32_t rounded = absu + 0xfffu + ((absu >> 13) & 1u) - (112u << 23);
-    return (uint16_t)(sign | (uint16_t)(rounded >> 13));
+    const uint32_t u = tpt_float_to_bits(f);
+    const uint32_t sign = (u >> 16) & 0x8000u;
+    const uint32_t absu = u & 0x7fffffffu;
+    /* normal: drop 13 mantissa bits with round-to-nearest-even, rebias 127 -> 15 */
+    const uint32_t normal = (absu + 0xfffu + ((absu >> 13) & 1u) - (112u << 23)) >> 13;
+    /* subnormal or zero: adding 0.5 makes the FPU round the mantissa at 2^-24 granularity */
+    const uint32_t subnormal = tpt_float_to_bits(tpt_bits_to_float(absu) + 0.5f) - 0x3f000000u;
+    const uint32_t magnitude = absu > 0x7f800000u ? 0x7e00u     /* NaN */
+                             : absu >= 0x477ff000u ? 0x7c00u    /* rounds to inf */
+                             : absu < 0x38800000u ? subnormal
+                                                  : normal;
+    return (uint16_t)(sign | magnitude);
 }
 
 /* sigmoid(x) = 1 / (1 + exp(-x)) in float32 from plain arithmetic, so that

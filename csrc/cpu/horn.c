@@ -19,6 +19,19 @@ void horn_embedding_group(int64_t* order, int64_t* id_offsets, const int64_t* id
     id_offsets[0] = 0;
 }
 
+int64_t horn_embedding_max_chunks(int64_t n, int64_t V) { return tpt_num_row_blocks(n) + V; }
+
+int64_t horn_embedding_chunks(int64_t* chunk_begin, int64_t* id_chunks, const int64_t* id_offsets, int64_t V) {
+    int64_t c = 0;
+    for (int64_t v = 0; v < V; v++) {
+        id_chunks[v] = c;
+        for (int64_t k = id_offsets[v]; k < id_offsets[v + 1]; k += TPT_ROW_BLOCK) chunk_begin[c++] = k;
+    }
+    id_chunks[V] = c;
+    chunk_begin[c] = id_offsets[V];
+    return c;
+}
+
 #define TPT_PRECISION 32
 #include "horn.inc"
 #undef TPT_PRECISION

@@ -38,12 +38,29 @@ int horn_embedding_forward_f64(void* y, const int64_t* ids, const void* table, t
  * entries. This is what makes the table gradient deterministic. */
 void horn_embedding_group(int64_t* order, int64_t* id_offsets, const int64_t* ids, int64_t n, int64_t V);
 
-/* dtable[v] = sum over tokens t with id v, in token order, of dy[t] - mean(dy[t]);
- * vocab rows [vocab_begin, vocab_end); rows with no token get zeros. */
-int horn_embedding_backward_f32(void* dtable, const void* dy, const int64_t* order, const int64_t* id_offsets,
-                                tpt_dtype dt, int64_t vocab_begin, int64_t vocab_end, int64_t D);
-int horn_embedding_backward_f64(void* dtable, const void* dy, const int64_t* order, const int64_t* id_offsets,
-                                tpt_dtype dt, int64_t vocab_begin, int64_t vocab_end, int64_t D);
+/* The table gradient's fixed partition of tokens: each id's tokens (in the
+ * order of horn_embedding_group) cut into chunks of at most TPT_ROW_BLOCK, so
+ * that a frequent id is summed by many tasks. Chunk c is the tokens
+ * order[chunk_begin[c] .. chunk_begin[c+1]); id v owns the chunks
+ * id_chunks[v] .. id_chunks[v+1]-1 (none when v is unused). chunk_begin needs
+ * horn_embedding_max_chunks(n, V) + 1 entries, id_chunks V+1. Returns the
+ * number of chunks. The partition depends on the ids only, never on threads. */
+int64_t horn_embedding_max_chunks(int64_t n, int64_t V);
+int64_t horn_embedding_chunks(int64_t* chunk_begin, int64_t* id_chunks, const int64_t* id_offsets, int64_t V);
+
+/* partials[c] (D values) = sum over chunk c's tokens t, in token order, of
+ * dy[t] - mean(dy[t]); chunks [chunk_first, chunk_last). */
+int horn_embedding_backward_f32(float* partials, const void* dy, const int64_t* order, const int64_t* chunk_begin,
+                                tpt_dtype dt, int64_t chunk_first, int64_t chunk_last, int64_t D);
+int horn_embedding_backward_f64(double* partials, const void* dy, const int64_t* order, const int64_t* chunk_begin,
+                                tpt_dtype dt, int64_t chunk_first, int64_t chunk_last, int64_t D);
+
+/* dtable[v] = the sum of v's chunk partials in chunk order (zeros for an
+ * unused id), rounded once to dt; vocab rows [vocab_begin, vocab_end). */
+int horn_embedding_backward_combine_f32(void* dtable, const float* partials, const int64_t* id_chunks, tpt_dtype dt,
+                                        int64_t vocab_begin, int64_t vocab_end, int64_t D);
+int horn_embedding_backward_combine_f64(void* dtable, const double* partials, const int64_t* id_chunks, tpt_dtype dt,
+                                        int64_t vocab_begin, int64_t vocab_end, int64_t D);
 
 #ifdef __cplusplus
 }

@@ -93,15 +93,25 @@ NP_FUNCTION(horn_embedding_backward) {
     const npy_intp D = PyArray_DIM(dy, PyArray_NDIM(dy) - 1), M = PyArray_SIZE(ids);
     NP_RULE(tpt_check_embedding_grad, np_shape(dy), np_shape(ids), D);
     const npy_intp dims[2] = {vocab_size, D}, n_offsets = vocab_size + 1;
+    const npy_intp max_chunks = horn_embedding_max_chunks(M, vocab_size), n_chunk_begins = max_chunks + 1;
+    const npy_intp partial_dims[2] = {max_chunks > 0 ? max_chunks : 1, D};
     PyArrayObject *dtable = np_zeros(refs, 2, dims, PyArray_TYPE(dy)), *order = np_zeros(refs, 1, &M, NPY_INT64);
     PyArrayObject* offsets = np_zeros(refs, 1, &n_offsets, NPY_INT64);
-    if (!dtable || !order || !offsets) return NULL;
+    PyArrayObject* chunk_begin = np_zeros(refs, 1, &n_chunk_begins, NPY_INT64);
+    PyArrayObject* id_chunks = np_zeros(refs, 1, &n_offsets, NPY_INT64);
     const tpt_dtype dt = np_dtype(dy);
+    PyArrayObject* partials = np_zeros(refs, 2, partial_dims, dt == TPT_FLOAT64 ? NPY_FLOAT64 : NPY_FLOAT32);
+    if (!dtable || !order || !offsets || !chunk_begin || !id_chunks || !partials) return NULL;
     int status;
     Py_BEGIN_ALLOW_THREADS
     horn_embedding_group(PyArray_DATA(order), PyArray_DATA(offsets), PyArray_DATA(ids), M, vocab_size);
-    status = NP_BY_PRECISION(dt, horn_embedding_backward, PyArray_DATA(dtable), PyArray_DATA(dy), PyArray_DATA(order),
-                             PyArray_DATA(offsets), dt, 0, vocab_size, D);
+    const int64_t n_chunks = horn_embedding_chunks(PyArray_DATA(chunk_begin), PyArray_DATA(id_chunks),
+                                                   PyArray_DATA(offsets), vocab_size);
+    status = NP_BY_PRECISION(dt, horn_embedding_backward, PyArray_DATA(partials), PyArray_DATA(dy),
+                             PyArray_DATA(order), PyArray_DATA(chunk_begin), dt, 0, n_chunks, D);
+    if (status == TPT_OK)
+        status = NP_BY_PRECISION(dt, horn_embedding_backward_combine, PyArray_DATA(dtable), PyArray_DATA(partials),
+                                 PyArray_DATA(id_chunks), dt, 0, vocab_size, D);
     Py_END_ALLOW_THREADS
     NP_KERNEL_STATUS(status);
     return Py_BuildValue("O", dtable);

@@ -10,6 +10,7 @@ TPT_KERNEL_PAIR(horn_inject_forward)
 TPT_KERNEL_PAIR(horn_inject_backward)
 TPT_KERNEL_PAIR(horn_embedding_forward)
 TPT_KERNEL_PAIR(horn_embedding_backward)
+TPT_KERNEL_PAIR(horn_embedding_backward_combine)
 }  // namespace kernels
 
 constexpr const char* kInject = "horn_inject";
@@ -87,7 +88,9 @@ Tensor horn_embedding(Tensor ids, Tensor table, int64_t n_phases, int64_t offset
   return y;
 }
 
-// dtable [V, D] (dy's dtype): each row sums its tokens' dy - mean(dy) in token order.
+// dtable [V, D] (dy's dtype): each row sums its tokens' dy - mean(dy) in token order, in chunks of at most
+// TPT_ROW_BLOCK tokens (spread over threads, so a frequent id is not one thread's work), the chunk partials
+// combined in chunk order.
 Tensor horn_embedding_backward(Tensor dy, Tensor ids, int64_t vocab_size, int64_t n_phases) {
   const char* op = "horn_embedding_backward";
   const tpt_dtype dt = storage_dtype(dy, op, "dy");
@@ -101,15 +104,30 @@ Tensor horn_embedding_backward(Tensor dy, Tensor ids, int64_t vocab_size, int64_
   const int64_t M = ids.numel();
   Tensor order = torch::stable::new_empty(ids, {M});
   Tensor id_offsets = torch::stable::new_empty(ids, {vocab_size + 1});
+  Tensor chunk_begin = torch::stable::new_empty(ids, {horn_embedding_max_chunks(M, vocab_size) + 1});
+  Tensor id_chunks = torch::stable::new_empty(ids, {vocab_size + 1});
   horn_embedding_group(order.mutable_data_ptr<int64_t>(), id_offsets.mutable_data_ptr<int64_t>(),
                        ids.const_data_ptr<int64_t>(), M, vocab_size);
+  const int64_t n_chunks = horn_embedding_chunks(chunk_begin.mutable_data_ptr<int64_t>(),
+                                                 id_chunks.mutable_data_ptr<int64_t>(),
+                                                 id_offsets.const_data_ptr<int64_t>(), vocab_size);
+  Tensor partials = torch::stable::new_empty(dy, {std::max<int64_t>(n_chunks, 1), D}, compute_type(dt));
   Tensor dtable = torch::stable::new_empty(dy, {vocab_size, D});
   const int64_t* ord = order.const_data_ptr<int64_t>();
-  const int64_t* offs = id_offsets.const_data_ptr<int64_t>();
+  const int64_t* begins = chunk_begin.const_data_ptr<int64_t>();
+  parallel_rows(op, n_chunks, 1, [&](int64_t begin, int64_t end) {
+    return by_precision(dt, [&](auto tag) {
+      using real = decltype(tag);
+      return kernels::horn_embedding_backward<real>(partials.mutable_data_ptr<real>(), dy.const_data_ptr(), ord,
+                                                    begins, dt, begin, end, D);
+    });
+  });
+  const int64_t* chunks = id_chunks.const_data_ptr<int64_t>();
   parallel_rows(op, vocab_size, row_grain(D), [&](int64_t begin, int64_t end) {
     return by_precision(dt, [&](auto tag) {
-      return kernels::horn_embedding_backward<decltype(tag)>(dtable.mutable_data_ptr(), dy.const_data_ptr(), ord, offs,
-                                                             dt, begin, end, D);
+      using real = decltype(tag);
+      return kernels::horn_embedding_backward_combine<real>(dtable.mutable_data_ptr(),
+                                                            partials.const_data_ptr<real>(), chunks, dt, begin, end, D);
     });
   });
   return dtable;

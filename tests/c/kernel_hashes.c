@@ -100,7 +100,8 @@ typedef struct {
     void *rot_x, *rot_theta, *rot_y, *rot_dy, *rot_dx, *rot_dth_partials, *rot_dth;
     /* horn */
     void *horn_x, *horn_y, *horn_dy, *horn_dx, *emb_table, *emb_y, *emb_dy, *emb_dtable;
-    int64_t *emb_ids, *emb_order, *emb_offsets;
+    int64_t *emb_ids, *emb_order, *emb_offsets, *emb_chunk_begin, *emb_id_chunks, emb_n_chunks;
+    void* emb_partials;
     /* block: h float-or-dt, a in a second dtype (autocast: bfloat16 branch on a float32 stream) */
     tpt_dtype blk_dt_a;
     void *blk_h, *blk_a, *blk_theta, *blk_w, *blk_h_new, *blk_normed, *blk_rstd;
@@ -150,12 +151,16 @@ static Case make_case(tpt_dtype dt) {
     c.horn_dx = zeros(dt, M * D);
     c.emb_table = storage_array(dt, VOCAB * D, -1, 1);
     c.emb_ids = checked_malloc(M * sizeof(int64_t));
-    for (int64_t m = 0; m < M; m++) c.emb_ids[m] = (int64_t)uniform(0, VOCAB - 1); /* id VOCAB-1 never used */
+    /* id VOCAB-1 never used; id 0 is every other token, so that it spans two TPT_ROW_BLOCK chunks */
+    for (int64_t m = 0; m < M; m++) c.emb_ids[m] = m % 2 ? 0 : (int64_t)uniform(1, VOCAB - 1);
     c.emb_y = zeros(dt, M * D);
     c.emb_dy = storage_array(dt, M * D, -1, 1);
     c.emb_dtable = zeros(dt, VOCAB * D);
     c.emb_order = checked_malloc(M * sizeof(int64_t));
     c.emb_offsets = checked_malloc((VOCAB + 1) * sizeof(int64_t));
+    c.emb_chunk_begin = checked_malloc((horn_embedding_max_chunks(M, VOCAB) + 1) * sizeof(int64_t));
+    c.emb_id_chunks = checked_malloc((VOCAB + 1) * sizeof(int64_t));
+    c.emb_partials = zeros(c.ct, horn_embedding_max_chunks(M, VOCAB) * D);
 
     c.blk_dt_a = dt == TPT_FLOAT32 ? TPT_BFLOAT16 : dt;
     c.blk_h = storage_array(dt, M * D, -2, 2);
@@ -281,14 +286,15 @@ static int is_attention_kernel(Kernel k) {
            k == LINEAR_ATTENTION_STEP;
 }
 
-/* How many items (rows, row blocks, vocabulary rows or attention tasks) the glue splits. */
-static int64_t extent(Kernel k) {
+/* How many items (rows, row blocks, token chunks or attention tasks) the glue splits. */
+static int64_t extent(const Case* c, Kernel k) {
+    if (k == HORN_EMBEDDING_BACKWARD) return c->emb_n_chunks;
     if (is_block_kernel(k)) return tpt_num_row_blocks(M);
     if (k == LINEAR_ATTENTION_PREFILL || k == LINEAR_ATTENTION_NONCAUSAL_FORWARD) return HH_B * HH_H;
     if (is_attention_kernel(k)) return HH_B * HH_HKV;
     if (k == HEDGEHOG_FEATURE_MAP_FORWARD || k == HEDGEHOG_FEATURE_MAP_BACKWARD) return HH_ROWS;
     if (k == MOE_PERMUTE_FORWARD || k == MOE_UNPERMUTE_BACKWARD) return MOE_A;
-    return k == HORN_EMBEDDING_BACKWARD ? VOCAB : M;
+    return M;
 }
 
 /* The glue's grain: about 64 KiB of row data a task for row kernels, one block a task for block kernels, one
@@ -338,8 +344,8 @@ static int run_range(Case* c, Kernel k, int64_t begin, int64_t end) {
     case HORN_EMBEDDING_FORWARD:
         return CALL(c, horn_embedding_forward, c->emb_y, c->emb_ids, c->emb_table, dt, begin, end, T, D, OFFSET);
     case HORN_EMBEDDING_BACKWARD:
-        return CALL(c, horn_embedding_backward, c->emb_dtable, c->emb_dy, c->emb_order, c->emb_offsets, dt, begin,
-                    end, D);
+        return CALL(c, horn_embedding_backward, c->emb_partials, c->emb_dy, c->emb_order, c->emb_chunk_begin, dt,
+                    begin, end, D);
     case ADD_ROTATE_NORM_FORWARD:
     case ADD_NORM_FORWARD:
         return CALL(c, add_rotate_norm_forward, c->blk_h_new, c->blk_normed, c->blk_rstd, c->blk_h, dt, c->blk_a,
@@ -404,10 +410,13 @@ static int run_range(Case* c, Kernel k, int64_t begin, int64_t end) {
     }
 }
 
-/* What the glue does on one thread before a kernel (horn_embedding_group) or
- * after it (the fixed-order sum of the row-block partials). */
+/* What the glue does on one thread before a kernel (horn_embedding_group and
+ * its chunks) or after it (the fixed-order sum of the row-block or chunk partials). */
 static void before(Case* c, Kernel k) {
-    if (k == HORN_EMBEDDING_BACKWARD) horn_embedding_group(c->emb_order, c->emb_offsets, c->emb_ids, M, VOCAB);
+    if (k == HORN_EMBEDDING_BACKWARD) {
+        horn_embedding_group(c->emb_order, c->emb_offsets, c->emb_ids, M, VOCAB);
+        c->emb_n_chunks = horn_embedding_chunks(c->emb_chunk_begin, c->emb_id_chunks, c->emb_offsets, VOCAB);
+    }
     if (k == SWIGLU_BACKWARD_INPLACE)
         memcpy(c->sw_dgu_inplace, c->sw_gu, (size_t)(M * 2 * F * tpt_dtype_size(c->dt)));
     if (k == MOE_UNPERMUTE_BACKWARD) memset(c->moe_dgates_out, 0, (size_t)(MOE_A * tpt_dtype_size(c->ct)));
@@ -420,6 +429,12 @@ static void sum_partials(Case* c, void* out, const void* partials, int64_t n) {
 }
 
 static void after(Case* c, Kernel k) {
+    if (k == HORN_EMBEDDING_BACKWARD &&
+        CALL(c, horn_embedding_backward_combine, c->emb_dtable, c->emb_partials, c->emb_id_chunks, c->dt, 0, VOCAB,
+             D) != TPT_OK) {
+        fprintf(stderr, "kernel_hashes: horn_embedding_backward_combine failed\n");
+        exit(2);
+    }
     if (k == NORM_BACKWARD) sum_partials(c, c->norm_dw, c->norm_dw_partials, D);
     if (k == ROTATE_BACKWARD) sum_partials(c, c->rot_dth, c->rot_dth_partials, P / 2);
     if (k == ADD_ROTATE_NORM_BACKWARD || k == ADD_NORM_BACKWARD) {
@@ -540,7 +555,7 @@ static void* run_task(void* arg) {
 
 /* torch's parallel_for split of [0, n): min(threads, ceil(n / grain)) tasks of ceil(n / tasks) items. */
 static int parallel_rows(Case* c, Kernel k) {
-    const int64_t n = extent(k), g = grain(k);
+    const int64_t n = extent(c, k), g = grain(k);
     const int64_t max_tasks = (n + g - 1) / g;
     const int64_t tasks = max_tasks < N_THREADS ? max_tasks : N_THREADS;
     const int64_t chunk = (n + tasks - 1) / tasks;
@@ -577,7 +592,7 @@ int main(int argc, char** argv) {
         /* in enum order: every backward runs after the forward whose outputs it reads */
         for (Kernel k = 0; k < N_KERNELS; k++) {
             before(&c, k);
-            const int status = threaded ? parallel_rows(&c, k) : run_range(&c, k, 0, extent(k));
+            const int status = threaded ? parallel_rows(&c, k) : run_range(&c, k, 0, extent(&c, k));
             after(&c, k);
             if (status != TPT_OK) {
                 fprintf(stderr, "%s %s: status %d\n", KERNEL_NAMES[k], dtype_name(c.dt), status);
