@@ -145,10 +145,11 @@ def test_route_scores_and_normalisation(E, k, normalize, score, dtype):
     check_route(make_logits(130, E, dtype, seed=1), k, 1.25, normalize, score)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("capacity_factor", [None, 0.5])
 @pytest.mark.parametrize("score", ["softmax", "sigmoid"])
 def test_route_matches_reference(capacity_factor, score, dtype):
+    """Both route low-precision logits in float32: the same choices, float32 gates, losses in the logits' dtype."""
     logits = make_logits(200, 8, dtype, seed=2)
     bias = torch.linspace(-0.05, 0.05, 8)
     args = (2, capacity_factor, True, score, bias)

@@ -367,3 +367,125 @@ def test_segment_mm_backward_zeroes_what_no_segment_writes(monkeypatch):
     da, db = segment_mm_backward(dout, a, b, counts)
     assert torch.equal(da[8:], torch.zeros(1, 5)) and torch.equal(db[1], torch.zeros(5, 3))
     assert torch.equal(da[3:7], dout[3:7] @ b[2].t()) and torch.equal(db[2], a[3:7].t() @ dout[3:7])
+
+
+# ------------------------------------------------------------------ the gate/up segment matmul + SwiGLU
+
+SEGMENT_COUNTS = [5, 0, 9, 3, 0, 6]  # 23 of 25 rows used, experts 1 and 4 without rows
+
+
+def segment_inputs(dtype, rows=25, d_in=12, d_out=10, seed=7):
+    g = gen(seed)
+    a = torch.randn(rows, d_in, generator=g).to(dtype)
+    w_gate, w_up = (torch.randn(len(SEGMENT_COUNTS), d_in, d_out, generator=g).div(d_in ** 0.5).to(dtype)
+                    for _ in range(2))
+    return [t.requires_grad_() for t in (a, w_gate, w_up)], torch.tensor(SEGMENT_COUNTS)
+
+
+def segment_swiglu_loop(a, w_gate, w_up, counts):
+    """Expert by expert on its rows, every other row 0: silu(a_seg @ w_gate[e]) * (a_seg @ w_up[e])."""
+    parts, start = [], 0
+    for e, n in enumerate(counts.tolist()):
+        rows = a[start:start + n]
+        parts.append(F.silu(rows @ w_gate[e]) * (rows @ w_up[e]))
+        start += n
+    parts.append(a.new_zeros(a.shape[0] - start, w_gate.shape[2]))
+    return torch.cat(parts)
+
+
+def run_with_grads(fn, inputs, counts, seed=8):
+    inputs = [t.detach().clone().requires_grad_() for t in inputs]
+    h = fn(*inputs, counts)
+    dh = torch.randn(h.shape, generator=gen(seed)).to(h.dtype)
+    return [h.detach(), *torch.autograd.grad(h, inputs, dh)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+def test_segment_swiglu_is_bitwise_the_concatenated_weight_composition(dtype):
+    """Output and all three gradients are those of swiglu(segment_mm(a, cat((w_gate, w_up), -1))):
+    the same products, only without the concatenated weight."""
+    from tpt_ops.nn.moe import segment_mm, segment_swiglu
+
+    inputs, counts = segment_inputs(dtype)
+    actual = run_with_grads(segment_swiglu, inputs, counts)
+    expected = run_with_grads(lambda a, wg, wu, c: tpt_ops.swiglu(segment_mm(a, torch.cat((wg, wu), -1), c)),
+                              inputs, counts)
+    for name, x, y in zip(("h", "da", "dw_gate", "dw_up"), actual, expected):
+        assert torch.equal(x, y), name
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_segment_swiglu_matches_a_loop_over_experts(dtype):
+    """Against the float64 loop (unused rows and experts without rows come out exactly 0)."""
+    from tpt_ops.nn.moe import segment_swiglu
+
+    inputs, counts = segment_inputs(dtype)
+    actual = run_with_grads(segment_swiglu, inputs, counts)
+    expected = run_with_grads(segment_swiglu_loop, [t.double() for t in inputs], counts)
+    # bfloat16: the gate/up products, the activation and its gradient are each rounded to 8 bits once
+    rtol = {torch.float32: 2e-5, torch.bfloat16: 3e-2}[dtype]
+    for name, x, y in zip(("h", "da", "dw_gate", "dw_up"), actual, expected):
+        torch.testing.assert_close(x.double(), y, rtol=rtol, atol=rtol * float(y.abs().max()), msg=name)
+    assert not actual[0][sum(SEGMENT_COUNTS):].any()
+    assert not actual[2][[1, 4]].any() and not actual[3][[1, 4]].any()
+
+
+def test_segment_swiglu_gradcheck_gradgradcheck_opcheck():
+    from tpt_ops.nn.moe import segment_swiglu
+
+    inputs, counts = segment_inputs(torch.float64, d_in=5, d_out=3)
+    assert torch.autograd.gradcheck(lambda a, wg, wu: segment_swiglu(a, wg, wu, counts), inputs)
+    assert torch.autograd.gradgradcheck(lambda a, wg, wu: segment_swiglu(a, wg, wu, counts), inputs)
+    for dtype in (torch.float64, torch.float32):
+        inputs, counts = segment_inputs(dtype)
+        torch.library.opcheck(torch.ops.tpt_nn.segment_swiglu.default, (*inputs, counts))
+        h, gate_up = torch.ops.tpt_nn.segment_swiglu(*(t.detach() for t in inputs), counts)
+        torch.library.opcheck(torch.ops.tpt_nn.segment_swiglu_backward.default,
+                              (torch.randn_like(h), *(t.detach() for t in inputs), gate_up, counts))
+
+
+def test_segment_swiglu_compiles_fullgraph():
+    from tpt_ops.nn.moe import segment_swiglu
+    from helpers import assert_compile_matches_eager
+
+    inputs, counts = segment_inputs(torch.float32)
+    assert_compile_matches_eager(lambda a, wg, wu: segment_swiglu(a, wg, wu, counts), inputs)
+
+
+def test_segment_swiglu_bitwise_deterministic_across_thread_counts():
+    from tpt_ops.nn.moe import segment_swiglu
+
+    inputs, _ = segment_inputs(torch.float32, rows=700, d_in=64, d_out=96)
+    counts = torch.tensor([300, 0, 150, 200, 0, 40])  # 690 of 700 rows used
+    results = []
+    for threads in (1, 2, 3, 1):
+        with num_threads(threads):
+            results.append(run_with_grads(segment_swiglu, inputs, counts))
+    for other in results[1:]:
+        assert all(torch.equal(a, b) for a, b in zip(results[0], other))
+
+
+def test_segment_swiglu_rejects_mismatched_weights():
+    from tpt_ops.nn.moe import segment_swiglu
+
+    (a, w_gate, w_up), counts = segment_inputs(torch.float32)
+    with pytest.raises(ValueError, match=r"segment_swiglu: w_gate and w_up must have one shape and dtype"):
+        segment_swiglu(a, w_gate, w_up[:, :, :4], counts)
+    with pytest.raises(ValueError, match=r"segment_mm: counts must be int64 of shape \[6\]"):
+        segment_swiglu(a, w_gate, w_up, counts[:4])
+
+
+def test_fused_layer_saves_no_concatenated_weight():
+    """The fused layer's graph holds each expert weight once (as itself): no [E, D, 2F] copy of w_gate and w_up
+    is saved for the backward, and the activation's input is held once."""
+    moe = make_moe(d_model=12, d_ff=16, n_experts=4, k=2)
+    shapes = []
+
+    def pack(t):
+        shapes.append(tuple(t.shape))
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        moe(torch.randn(10, 12, generator=gen()))
+    assert (4, 12, 32) not in shapes
+    assert shapes.count((20, 32)) == 1  # gate_up [M*k, 2F], saved by the gate/up node alone

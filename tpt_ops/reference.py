@@ -125,13 +125,14 @@ def moe_route(logits: Tensor, k: int, capacity_factor: float | None = None, norm
     the row of (t, j), ``slot_token[a]`` the token of row a (-1 for the unused tail) and
     ``counts[e]`` expert e's segment length. aux_loss = E * sum_e f_e * P_e with f_e the fraction
     of kept assignments at e (no gradient) and P_e the mean score of e; z_loss = mean over tokens
-    of logsumexp(logits)^2. Computed in float32 (float64 for float64 logits).
+    of logsumexp(logits)^2. Computed in float32 (float64 for float64 logits): gates in that precision,
+    the losses in the logits' dtype.
     """
     op = "moe_route"
     if logits.dim() != 2:
         raise ValueError(f"{op}: logits must be 2-d [M, E], got shape {list(logits.shape)}")
-    if logits.dtype not in (torch.float32, torch.float64):
-        raise TypeError(f"{op}: logits must be float32 or float64, got {logits.dtype}")
+    if not logits.is_floating_point():
+        raise TypeError(f"{op}: logits must have a float dtype, got {logits.dtype}")
     n_tokens, n_experts = logits.shape
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= n_experts:
         raise ValueError(f"{op}: k must be an integer in [1, E={n_experts}], got {k!r}")
@@ -139,7 +140,9 @@ def moe_route(logits: Tensor, k: int, capacity_factor: float | None = None, norm
         raise ValueError(f"{op}: capacity_factor must be None or finite and > 0, got {capacity_factor!r}")
     if score not in MOE_SCORES:
         raise ValueError(f"{op}: score must be one of {MOE_SCORES}, got {score!r}")
-    ct = logits.dtype
+    # bfloat16 / float16 logits are routed in float32, as a low-precision router flips expert choices
+    storage, ct = logits.dtype, compute_dtype(logits.dtype)
+    logits = logits.to(ct)
     if bias is not None:
         if tuple(bias.shape) != (n_experts,) or bias.dtype not in (torch.float32, ct):
             raise ValueError(f"{op}: bias must be float32 of shape [{n_experts}], "
@@ -188,7 +191,7 @@ def moe_route(logits: Tensor, k: int, capacity_factor: float | None = None, norm
     mean_score = scores.sum(0) / max(n_tokens, 1)
     aux_loss = n_experts * (fraction * mean_score).sum()
     z_loss = torch.logsumexp(logits, dim=-1).square().sum() / max(n_tokens, 1)
-    return gates, experts, slots, slot_token, counts, aux_loss, z_loss
+    return gates, experts, slots, slot_token, counts, aux_loss.to(storage), z_loss.to(storage)
 
 
 def moe_permute(x: Tensor, slots: Tensor, slot_token: Tensor) -> Tensor:

@@ -12,6 +12,7 @@ from tpt_ops.nn.backend import check_backend, ops_for
 from tpt_ops.nn.expert_parallel import (EXPERT_WEIGHTS, expert_parallel_experts, local_expert_range,
                                         take_expert_shard)
 from tpt_ops.nn.ffn import SwiGLU
+from tpt_ops.ops.swiglu import swiglu_vjp
 from tpt_ops.reference import MOE_SCORES
 
 
@@ -116,6 +117,139 @@ def _segment_mm_autograd(ctx, dout: Tensor):
 segment_mm.register_autograd(_segment_mm_autograd, setup_context=_segment_mm_setup_context)
 
 
+# ------------------------------------------------------------------ per-expert gate/up matmul + SwiGLU
+
+def _check_segment_swiglu(a: Tensor, w_gate: Tensor, w_up: Tensor, counts: Tensor) -> None:
+    if w_gate.shape != w_up.shape or w_gate.dtype != w_up.dtype:
+        raise ValueError(f"segment_swiglu: w_gate and w_up must have one shape and dtype, got "
+                         f"{list(w_gate.shape)} {w_gate.dtype} and {list(w_up.shape)} {w_up.dtype}")
+    _check_segment_mm(a, w_gate, counts)
+
+
+@torch.library.custom_op("tpt_nn::segment_swiglu", mutates_args=())
+def segment_swiglu_with_input(a: Tensor, w_gate: Tensor, w_up: Tensor, counts: Tensor) -> tuple[Tensor, Tensor]:
+    """``(h, gate_up)``: per expert segment, ``gate_up = [a @ w_gate[e] | a @ w_up[e]]`` and ``h = swiglu(gate_up)``.
+
+    ``a`` [A, K], ``w_gate`` and ``w_up`` [E, K, N], ``counts`` [E] int64 as for
+    :func:`segment_mm`; ``gate_up`` is [A, 2N] (the activation's input, kept for the
+    backward) and ``h`` [A, N]. Each half of a segment's rows is the ``out=`` of one
+    ``torch.mm`` straight from the expert's own weight, so no concatenated weight is
+    ever made. Unused rows come out 0 in both.
+    """
+    _check_segment_swiglu(a, w_gate, w_up, counts)
+    N = w_gate.shape[2]
+    gate_up = a.new_empty(a.shape[0], 2 * N)
+    used = 0
+    for e, start, end in _segments(counts):
+        torch.mm(a[start:end], w_gate[e], out=gate_up[start:end, :N])
+        torch.mm(a[start:end], w_up[e], out=gate_up[start:end, N:])
+        used = end
+    gate_up[used:].zero_()
+    return torch.ops.tpt.swiglu(gate_up), gate_up
+
+
+@segment_swiglu_with_input.register_fake
+def _segment_swiglu_fake(a: Tensor, w_gate: Tensor, w_up: Tensor, counts: Tensor) -> tuple[Tensor, Tensor]:
+    _check_segment_swiglu(a, w_gate, w_up, counts)
+    N = w_gate.shape[2]
+    return a.new_empty(a.shape[0], N), a.new_empty(a.shape[0], 2 * N)
+
+
+@torch.library.custom_op("tpt_nn::segment_swiglu_backward", mutates_args=())
+def segment_swiglu_backward(dh: Tensor, a: Tensor, w_gate: Tensor, w_up: Tensor, gate_up: Tensor,
+                            counts: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """``(da, dw_gate, dw_up)`` of :func:`segment_swiglu` from the saved activation input ``gate_up``.
+
+    Per segment: ``[dg | du] = swiglu_backward(dh_seg, gate_up_seg)`` (a segment-sized
+    temporary, so no [A, 2N] gradient buffer is ever held), ``da = [dg | du] @ [w_gate[e] |
+    w_up[e]]^T`` (one product over 2N, rounded once: the expert's two weights are copied side
+    by side into one [K, 2N] scratch reused by every segment), ``dw_gate[e] = a_seg^T @ dg``
+    and ``dw_up[e] = a_seg^T @ du``.
+    """
+    K, N = w_gate.shape[1:]
+    # empty, not zeros: the matmuls overwrite every used row and every expert with rows (see segment_mm_backward)
+    da = torch.empty_like(a)
+    dw_gate, dw_up = torch.empty_like(w_gate), torch.empty_like(w_up)
+    w_gate_up = w_gate.new_empty(K, 2 * N)
+    dh = dh.to(a.dtype).contiguous()
+    used, without_rows = 0, set(range(w_gate.shape[0]))
+    for e, start, end in _segments(counts):
+        d_gate_up = torch.ops.tpt.swiglu_backward(dh[start:end], gate_up[start:end])
+        a_seg, dg, du = a[start:end], d_gate_up[:, :N], d_gate_up[:, N:]
+        torch.cat((w_gate[e], w_up[e]), dim=1, out=w_gate_up)
+        torch.mm(d_gate_up, w_gate_up.t(), out=da[start:end])
+        torch.mm(a_seg.t(), dg, out=dw_gate[e])
+        torch.mm(a_seg.t(), du, out=dw_up[e])
+        used = end
+        without_rows.discard(e)
+    da[used:].zero_()
+    for e in without_rows:
+        dw_gate[e].zero_()
+        dw_up[e].zero_()
+    return da, dw_gate, dw_up
+
+
+@segment_swiglu_backward.register_fake
+def _segment_swiglu_backward_fake(dh: Tensor, a: Tensor, w_gate: Tensor, w_up: Tensor, gate_up: Tensor,
+                                  counts: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    return torch.empty_like(a), torch.empty_like(w_gate), torch.empty_like(w_up)
+
+
+def _segment_swiglu_setup_context(ctx, inputs, output) -> None:
+    a, w_gate, w_up, counts = inputs
+    _, gate_up = output
+    ctx.mark_non_differentiable(gate_up)
+    ctx.set_materialize_grads(False)  # no zero-filled [A, 2N] gradient for the output nobody differentiates
+    ctx.save_for_backward(a, w_gate, w_up, counts, gate_up)
+
+
+def _segment_swiglu_vjp(dh: Tensor, a: Tensor, w_gate: Tensor, w_up: Tensor,
+                        counts: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """``(da, dw_gate, dw_up)`` of :func:`segment_swiglu` as differentiable PyTorch (for ``create_graph=True``).
+
+    ``gate_up`` is recomputed from the inputs: the saved one carries no graph.
+    """
+    dh = dh.to(a.dtype)
+    da_parts, dg_parts, du_parts, start = [], [], [], 0
+    for e, n in enumerate(counts.tolist()):
+        rows = a[start:start + n]
+        d_gate, d_up = swiglu_vjp(dh[start:start + n], torch.cat((rows @ w_gate[e], rows @ w_up[e]), -1)) \
+            .to(a.dtype).chunk(2, dim=-1)
+        da_parts.append(d_gate @ w_gate[e].t() + d_up @ w_up[e].t())
+        dg_parts.append(rows.t() @ d_gate)
+        du_parts.append(rows.t() @ d_up)
+        start += n
+    da_parts.append(a.new_zeros(a.shape[0] - start, a.shape[1]))  # the unused rows
+    return torch.cat(da_parts), torch.stack(dg_parts), torch.stack(du_parts)
+
+
+def _segment_swiglu_autograd(ctx, dh: Tensor | None, _):
+    a, w_gate, w_up, counts, gate_up = ctx.saved_tensors
+    if dh is None:
+        return None, None, None, None
+    if torch.is_grad_enabled():  # create_graph=True: the gradient must itself be differentiable
+        da, dw_gate, dw_up = _segment_swiglu_vjp(dh, a, w_gate, w_up, counts)
+        return da, dw_gate, dw_up, None
+    da, dw_gate, dw_up = segment_swiglu_backward(dh, a, w_gate, w_up, gate_up, counts)
+    return da, dw_gate, dw_up, None
+
+
+segment_swiglu_with_input.register_autograd(_segment_swiglu_autograd, setup_context=_segment_swiglu_setup_context)
+
+
+def segment_swiglu(a: Tensor, w_gate: Tensor, w_up: Tensor, counts: Tensor) -> Tensor:
+    """``swiglu(segment_mm(a, cat((w_gate, w_up), -1), counts))`` without the concatenated weight.
+
+    ``a`` [A, K] expert-contiguous rows, ``w_gate`` and ``w_up`` [E, K, N], ``counts`` [E]
+    int64: row block e computes ``silu(a_seg @ w_gate[e]) * (a_seg @ w_up[e])``, [A, N]
+    (unused rows 0). One autograd node: it keeps ``a``, the weights and the activation's
+    input ``[A, 2N]`` (not its output), and its backward takes the activation's gradient one
+    segment at a time, right before that segment's matmuls. Twice differentiable;
+    ``torch.compile`` traces it through its fake kernels.
+    """
+    return segment_swiglu_with_input(a, w_gate, w_up, counts)[0]
+
+
 # ------------------------------------------------------------------ the layer
 
 class TokenChoiceMoE(nn.Module):
@@ -126,7 +260,7 @@ class TokenChoiceMoE(nn.Module):
         logits = x @ router.weight.T                          # float32, autocast off
         gates, experts, slots, ... = moe_route(logits, k, capacity_factor, normalize, score, expert_bias)
         buf = moe_permute(x, slots, slot_token)              # expert-contiguous rows [M*k, d_model]
-        out = (swiglu(buf @ [w_gate[e] | w_up[e]])) @ w_down[e]   per expert segment e
+        out = swiglu([buf @ w_gate[e] | buf @ w_up[e]]) @ w_down[e]  per expert segment e
         y   = moe_unpermute(out, gates, slots, slot_token)   # sum_j gate[t, j] * out[slot(t, j)]
         y  += shared(x)                                      # n_shared_experts always-on experts
 
@@ -253,9 +387,11 @@ class TokenChoiceMoE(nn.Module):
 
     def _run_experts(self, buf: Tensor, counts: Tensor, dtype: torch.dtype) -> Tensor:
         """This module's experts on the expert-contiguous rows of ``buf`` (``counts`` rows per local expert)."""
-        ops = ops_for(self.backend)
-        w_gate_up = torch.cat((self.w_gate, self.w_up), dim=-1).to(dtype)
-        hidden = ops.swiglu(segment_mm(buf, w_gate_up, counts))
+        w_gate, w_up = self.w_gate.to(dtype), self.w_up.to(dtype)
+        if self.backend == "fused":
+            hidden = segment_swiglu(buf, w_gate, w_up, counts)
+        else:  # the plain composition: one matmul per segment on the concatenated weight, then the activation
+            hidden = ops_for(self.backend).swiglu(segment_mm(buf, torch.cat((w_gate, w_up), dim=-1), counts))
         return segment_mm(hidden, self.w_down.to(dtype), counts)
 
     # ---------------------------------------------------------- balancing
