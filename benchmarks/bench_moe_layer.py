@@ -17,7 +17,7 @@ peak resident set (Linux ``VmHWM``, reset through ``/proc/self/clear_refs``) ove
 subprocess, after the inputs and weights exist and a small warm-up call has run: it counts what the allocator
 really maps, which ``tracemalloc`` does not see.
 
-    python benchmarks/bench_moe_layer.py [--rounds N] [--split]     (or through pytest, as ``make bench`` runs it)
+    python benchmarks/bench_moe_layer.py [--rounds N] [--clock wall|cpu] [--split]   (or through pytest, as ``make bench`` runs it)
 """
 from __future__ import annotations
 
@@ -140,8 +140,14 @@ def make_case(shape: dict, impl: str, seed: int = 0):
     return step, moe
 
 
-def interleaved_rounds(shape: dict, impls, rounds: int) -> dict:
+# wall: elapsed time; cpu: the process's CPU time (user + system, so page faults count), which with one
+# thread leaves out the time spent waiting for a core that other jobs hold
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+
+
+def interleaved_rounds(shape: dict, impls, rounds: int, clock: str = "wall") -> dict:
     """{impl: [seconds per round]}, one call of each impl per round in a rotating order, after one warm-up each."""
+    now = CLOCKS[clock]
     steps = {impl: make_case(shape, impl)[0] for impl in impls}
     for step in steps.values():
         step()
@@ -149,9 +155,9 @@ def interleaved_rounds(shape: dict, impls, rounds: int) -> dict:
     for r in range(rounds):
         order = list(impls[r % len(impls):]) + list(impls[:r % len(impls)])
         for impl in order:
-            t0 = time.perf_counter()
+            t0 = now()
             steps[impl]()
-            times[impl].append(time.perf_counter() - t0)
+            times[impl].append(now() - t0)
     return times
 
 
@@ -180,11 +186,11 @@ def _memory_child(shape_name: str, impl: str) -> None:
     print(json.dumps({"peak_mb": (_status_kib("VmHWM") - before) / 1024}))
 
 
-def layer_table(rounds: int, impls=IMPLS, memory: bool = True) -> list[str]:
-    rows = ["| shape | form | median ms | min-max ms | tpt speedup (median of rounds) | peak MB |",
+def layer_table(rounds: int, impls=IMPLS, memory: bool = True, clock: str = "wall") -> list[str]:
+    rows = [f"| shape | form | median ms ({clock}) | min-max ms | tpt speedup (median of rounds) | peak MB |",
             "|---|---|---|---|---|---|"]
     for name, shape in SHAPES.items():
-        times = interleaved_rounds(shape, impls, rounds)
+        times = interleaved_rounds(shape, impls, rounds, clock)
         for impl in impls:
             ts = times[impl]
             print(f"{name} {impl}: {[round(t * 1e3, 1) for t in ts]} ms", file=sys.stderr)
@@ -220,6 +226,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--impls", default=",".join(IMPLS))
     parser.add_argument("--no-memory", action="store_true")
+    parser.add_argument("--clock", choices=tuple(CLOCKS), default="wall",
+                        help="cpu: process CPU time, for a 1-thread run on a shared machine")
     parser.add_argument("--split", action="store_true", help="per-op time split of the tpt layer")
     parser.add_argument("--memory", nargs=2, metavar=("SHAPE", "IMPL"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -233,8 +241,9 @@ def main() -> None:
     impls = tuple(args.impls.split(","))
     if "tpt" not in impls:
         impls = ("tpt",) + impls
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.rounds} interleaved rounds")
-    print("\n".join(layer_table(args.rounds, impls, memory=not args.no_memory)))
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.rounds} interleaved rounds, "
+          f"{args.clock} clock")
+    print("\n".join(layer_table(args.rounds, impls, memory=not args.no_memory, clock=args.clock)))
 
 
 if __name__ == "__main__":
