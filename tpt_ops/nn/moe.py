@@ -216,8 +216,8 @@ def _segment_swiglu_vjp(dh: Tensor, a: Tensor, w_gate: Tensor, w_up: Tensor,
     da_parts, dg_parts, du_parts, start = [], [], [], 0
     for e, n in enumerate(counts.tolist()):
         rows = a[start:start + n]
-        d_gate, d_up = swiglu_vjp(dh[start:start + n], torch.cat((rows @ w_gate[e], rows @ w_up[e]), -1)) \
-            .to(a.dtype).chunk(2, dim=-1)
+        gate_up = torch.cat((rows @ w_gate[e], rows @ w_up[e]), dim=-1)
+        d_gate, d_up = swiglu_vjp(dh[start:start + n], gate_up).to(a.dtype).chunk(2, dim=-1)
         da_parts.append(d_gate @ w_gate[e].t() + d_up @ w_up[e].t())
         dg_parts.append(rows.t() @ d_gate)
         du_parts.append(rows.t() @ d_up)
