@@ -15,9 +15,11 @@ each form per round, the order rotating) because the machine is shared; the tabl
 spread (min-max over rounds) and the median of the per-round ratios. Peak memory is the growth of the process's
 peak resident set (Linux ``VmHWM``, reset through ``/proc/self/clear_refs``) over one forward + backward in a fresh
 subprocess, after the inputs and weights exist and a small warm-up call has run: it counts what the allocator
-really maps, which ``tracemalloc`` does not see.
+really maps, which ``tracemalloc`` does not see. It is taken twice: with glibc's default malloc (the median of 3
+processes) and with a fixed 1 MiB mmap threshold (``FIXED_MMAP_THRESHOLD``), where it is the peak of the live
+tensors, without the freed heap pages the default allocator keeps.
 
-    python benchmarks/bench_moe_layer.py [--rounds N] [--split]     (or through pytest, as ``make bench`` runs it)
+    python benchmarks/bench_moe_layer.py [--rounds N] [--clock wall|cpu] [--split]   (or through pytest, as ``make bench`` runs it)
 """
 from __future__ import annotations
 
@@ -140,8 +142,14 @@ def make_case(shape: dict, impl: str, seed: int = 0):
     return step, moe
 
 
-def interleaved_rounds(shape: dict, impls, rounds: int) -> dict:
+# wall: elapsed time; cpu: the process's CPU time (user + system, so page faults count), which with one
+# thread leaves out the time spent waiting for a core that other jobs hold
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+
+
+def interleaved_rounds(shape: dict, impls, rounds: int, clock: str = "wall") -> dict:
     """{impl: [seconds per round]}, one call of each impl per round in a rotating order, after one warm-up each."""
+    now = CLOCKS[clock]
     steps = {impl: make_case(shape, impl)[0] for impl in impls}
     for step in steps.values():
         step()
@@ -149,17 +157,28 @@ def interleaved_rounds(shape: dict, impls, rounds: int) -> dict:
     for r in range(rounds):
         order = list(impls[r % len(impls):]) + list(impls[:r % len(impls)])
         for impl in order:
-            t0 = time.perf_counter()
+            t0 = now()
             steps[impl]()
-            times[impl].append(time.perf_counter() - t0)
+            times[impl].append(now() - t0)
     return times
 
 
-def peak_memory_mb(shape_name: str, impl: str) -> float:
-    """Growth of ru_maxrss (MB) over one forward + backward, measured in a fresh subprocess."""
+# glibc's malloc with a fixed 1 MiB mmap threshold: every block of 1 MiB or more is mapped on its own and
+# unmapped when freed, so the peak resident set is the peak of the live tensors (plus small blocks).
+# By default the threshold grows up to 32 MiB after the first large free, such blocks come from the heap,
+# and freed heap pages stay resident: the default peak adds 0-50 MB of retained pages that vary run to run.
+FIXED_MMAP_THRESHOLD = {"GLIBC_TUNABLES": "glibc.malloc.mmap_threshold=1048576"}
+
+
+def peak_memory_mb(shape_name: str, impl: str, runs: int = 3, env: dict | None = None) -> float:
+    """Growth of the peak resident set (MB) over one forward + backward: the median over ``runs`` fresh
+    subprocesses, with ``env`` added to their environment."""
     cmd = [sys.executable, os.path.abspath(__file__), "--memory", shape_name, impl]
-    result = subprocess.run(cmd, capture_output=True, text=True, check=True)
-    return json.loads(result.stdout.strip().splitlines()[-1])["peak_mb"]
+    peaks = []
+    for _ in range(runs):
+        result = subprocess.run(cmd, capture_output=True, text=True, check=True, env={**os.environ, **(env or {})})
+        peaks.append(json.loads(result.stdout.strip().splitlines()[-1])["peak_mb"])
+    return statistics.median(peaks)
 
 
 def _status_kib(field: str) -> int:
@@ -180,16 +199,18 @@ def _memory_child(shape_name: str, impl: str) -> None:
     print(json.dumps({"peak_mb": (_status_kib("VmHWM") - before) / 1024}))
 
 
-def layer_table(rounds: int, impls=IMPLS, memory: bool = True) -> list[str]:
-    rows = ["| shape | form | median ms | min-max ms | tpt speedup (median of rounds) | peak MB |",
-            "|---|---|---|---|---|---|"]
+def layer_table(rounds: int, impls=IMPLS, memory: bool = True, clock: str = "wall") -> list[str]:
+    rows = [f"| shape | form | median ms ({clock}) | min-max ms | tpt speedup (median of rounds) | peak MB "
+            "(median of 3) | peak MB, 1 MiB mmap threshold |",
+            "|---|---|---|---|---|---|---|"]
     for name, shape in SHAPES.items():
-        times = interleaved_rounds(shape, impls, rounds)
+        times = interleaved_rounds(shape, impls, rounds, clock)
         for impl in impls:
             ts = times[impl]
             print(f"{name} {impl}: {[round(t * 1e3, 1) for t in ts]} ms", file=sys.stderr)
             ratio = statistics.median(t / s for t, s in zip(ts, times["tpt"]))
-            mem = f"{peak_memory_mb(name, impl):.0f}" if memory else ""
+            mem = (f"{peak_memory_mb(name, impl):.0f} | {peak_memory_mb(name, impl, 1, FIXED_MMAP_THRESHOLD):.0f}"
+                   if memory else " | ")
             rows.append(f"| {name} {shape} | {impl} | {statistics.median(ts) * 1e3:.1f} | "
                         f"{min(ts) * 1e3:.1f}-{max(ts) * 1e3:.1f} | {ratio:.2f} | {mem} |")
     return rows
@@ -220,6 +241,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--impls", default=",".join(IMPLS))
     parser.add_argument("--no-memory", action="store_true")
+    parser.add_argument("--clock", choices=tuple(CLOCKS), default="wall",
+                        help="cpu: process CPU time, for a 1-thread run on a shared machine")
     parser.add_argument("--split", action="store_true", help="per-op time split of the tpt layer")
     parser.add_argument("--memory", nargs=2, metavar=("SHAPE", "IMPL"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -233,8 +256,9 @@ def main() -> None:
     impls = tuple(args.impls.split(","))
     if "tpt" not in impls:
         impls = ("tpt",) + impls
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.rounds} interleaved rounds")
-    print("\n".join(layer_table(args.rounds, impls, memory=not args.no_memory)))
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.rounds} interleaved rounds, "
+          f"{args.clock} clock")
+    print("\n".join(layer_table(args.rounds, impls, memory=not args.no_memory, clock=args.clock)))
 
 
 if __name__ == "__main__":

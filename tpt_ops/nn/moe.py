@@ -12,7 +12,6 @@ from tpt_ops.nn.backend import check_backend, ops_for
 from tpt_ops.nn.expert_parallel import (EXPERT_WEIGHTS, expert_parallel_experts, local_expert_range,
                                         take_expert_shard)
 from tpt_ops.nn.ffn import SwiGLU
-from tpt_ops.ops.swiglu import swiglu_vjp
 from tpt_ops.reference import MOE_SCORES
 
 
@@ -209,12 +208,16 @@ def _segment_swiglu_vjp(dh: Tensor, a: Tensor, w_gate: Tensor, w_up: Tensor,
 
     ``gate_up`` is recomputed from the inputs: the saved one carries no graph.
     """
+    # imported here, not at the top: this module must import without the compiled extension (the
+    # reference backend never runs segment_swiglu), and tpt_ops.ops.swiglu needs it
+    from tpt_ops.ops.swiglu import swiglu_vjp
+
     dh = dh.to(a.dtype)
     da_parts, dg_parts, du_parts, start = [], [], [], 0
     for e, n in enumerate(counts.tolist()):
         rows = a[start:start + n]
-        d_gate, d_up = swiglu_vjp(dh[start:start + n], torch.cat((rows @ w_gate[e], rows @ w_up[e]), -1)) \
-            .to(a.dtype).chunk(2, dim=-1)
+        gate_up = torch.cat((rows @ w_gate[e], rows @ w_up[e]), dim=-1)
+        d_gate, d_up = swiglu_vjp(dh[start:start + n], gate_up).to(a.dtype).chunk(2, dim=-1)
         da_parts.append(d_gate @ w_gate[e].t() + d_up @ w_up[e].t())
         dg_parts.append(rows.t() @ d_gate)
         du_parts.append(rows.t() @ d_up)
