@@ -93,12 +93,15 @@ def cuda_toolkit_dirs(nvcc):
 
 CUDA_INCLUDES, CUDA_LIBRARY_DIRS = cuda_toolkit_dirs(NVCC) if WITH_CUDA else ([], [])
 CUDA_GLUE_FLAGS = ["-DTPT_WITH_CUDA", "-DUSE_CUDA"] if WITH_CUDA else []
+# The static CUDA runtime (no runtime library to find at load time), and libtorch_cuda, which defines the C shim's
+# CUDA functions (aoti_torch_get_current_cuda_stream): linked so that they resolve however torch was loaded.
+CUDA_LIBRARIES = ["torch_cuda", "cudart_static", "rt", "dl", "pthread"] if WITH_CUDA else []
 
 torch_ext = CppExtension(
     "tpt_ops._C",
     sources("csrc/torch/*.cpp"),
     include_dirs=[os.path.join(ROOT, "csrc")] + CUDA_INCLUDES,
-    libraries=["tpt_kernels"] + (["cudart_static", "rt", "dl", "pthread"] if WITH_CUDA else []),
+    libraries=["tpt_kernels"] + CUDA_LIBRARIES,
     library_dirs=CUDA_LIBRARY_DIRS,
     depends=KERNEL_FILES + sources("csrc/torch/*.h") + (CUDA_SOURCES + CUDA_HEADERS if WITH_CUDA else []),
     extra_compile_args={"cxx": ["-O3", "-std=c++17", "-Wall"] + STABLE_ABI + CUDA_GLUE_FLAGS},
