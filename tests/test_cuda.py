@@ -109,6 +109,10 @@ def cases(dtype):
         ("add_rotate_norm", lambda h, a, t, w: tpt_ops.add_rotate_norm(h, a, t, w, N),
          lambda h, a, t, w: ref.add_rotate_norm(h, a, t, w, N), [x, a, theta, w]),
         ("add_norm", lambda h, a, w: tpt_ops.add_norm(h, a, w, N), lambda h, a, w: ref.add_norm(h, a, w, N), [x, a, w]),
+        # autocast's mix: a float32 residual stream plus a branch output of the case's dtype
+        ("add_rotate_norm_mixed", lambda h, a, t, w: tpt_ops.add_rotate_norm(h, a, t, w, N),
+         lambda h, a, t, w: ref.add_rotate_norm(h, a, t, w, N),
+         [x if dtype == torch.float64 else x.float(), a, theta, w]),
         ("swiglu", tpt_ops.swiglu, ref.swiglu, [randn(B, T, 80, dtype=dtype, seed=17)]),
         ("qkv_rope", lambda qkv, c, s: tpt_ops.qkv_rope(qkv, c, s, 4, 2), lambda qkv, c, s: ref.qkv_rope(qkv, c, s, 4, 2),
          [qkv, Constant(cos), Constant(sin)]),
@@ -216,6 +220,31 @@ def test_cuda_runs_on_the_current_stream():
         y = tpt_ops.phase_rmsnorm(xs, w.cuda(), N)
     stream.synchronize()
     assert torch.equal(y, expected)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_cuda_swiglu_backward_in_place_gives_the_c_kernels_bits(dtype):
+    """swiglu_backward_ (the gradient written over gate_up) on the GPU: the C kernel's bits."""
+    gate_up, dh = randn(B, T, 80, dtype=dtype, seed=17), randn(B, T, 40, dtype=dtype, seed=19)
+    on_cpu, on_gpu = gate_up.clone(), gate_up.cuda()
+    torch.ops.tpt.swiglu_backward_(dh, on_cpu)
+    torch.ops.tpt.swiglu_backward_(dh.cuda(), on_gpu)
+    assert_same_bits([on_gpu.cpu()], [on_cpu], "swiglu_backward_")
+
+
+def test_cuda_compiled_ops_give_the_eager_bits():
+    """torch.compile(fullgraph=True) of CUDA ops (fake kernels, autograd) gives the eager CUDA bits."""
+    x, a = randn(B, T, D).cuda(), randn(B, T, D, seed=2).cuda()
+    theta, w = randn(P // 2, seed=4).cuda(), (1 + 0.1 * randn(D, seed=3)).cuda()
+
+    def fn(x, a, theta, w):
+        h, normed = tpt_ops.add_rotate_norm(x, a, theta, w, N)
+        return tpt_ops.swiglu(torch.cat([normed, h], -1))
+
+    eager = run(fn, [x, a, theta, w], CUDA)
+    compiled = run(torch.compile(fn, fullgraph=True), [x, a, theta, w], CUDA)
+    assert_same_bits(compiled[0], eager[0], "compiled output")
+    assert_same_bits(compiled[1], eager[1], "compiled gradient")
 
 
 def test_cuda_bad_input_names_the_argument():
