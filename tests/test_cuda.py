@@ -75,6 +75,11 @@ def attention_inputs(dtype, T_=T):
     return fm(B, 4, T_, 32, seed=11), fm(B, 2, T_, 32, seed=12), randn(B, 2, T_, 24, dtype=dtype, seed=13)
 
 
+def shifted(t):
+    """t's values in a view one element into its storage: pair loads must see a misaligned start."""
+    return torch.cat([t.new_zeros(1), t.reshape(-1)])[1:].view(t.shape)
+
+
 def state_detached(outputs):
     """(y, S, z) with the decoding state cut from the graph: it is a cache, not differentiable in tpt_ops."""
     y, S, z = outputs
@@ -103,6 +108,8 @@ def cases(dtype):
         ("phase_rmsnorm", lambda x, w: tpt_ops.phase_rmsnorm(x, w, N), lambda x, w: ref.phase_rmsnorm(x, w, N),
          [x, w]),
         ("phase_rotate", lambda x, t: tpt_ops.phase_rotate(x, t, N), lambda x, t: ref.phase_rotate(x, t, N), [x, theta]),
+        ("phase_rotate_unaligned", lambda x, t: tpt_ops.phase_rotate(shifted(x), t, N),
+         lambda x, t: ref.phase_rotate(shifted(x), t, N), [x, theta]),
         ("horn_inject", lambda x: tpt_ops.horn_inject(x, N, 5), lambda x: ref.horn_inject(x, N, 5), [x]),
         ("horn_embedding", lambda i, t: tpt_ops.horn_embedding(i, t, N, 2), lambda i, t: ref.horn_embedding(i, t, N, 2),
          [ids, table]),
@@ -114,6 +121,9 @@ def cases(dtype):
          lambda h, a, t, w: ref.add_rotate_norm(h, a, t, w, N),
          [x if dtype == torch.float64 else x.float(), a, theta, w]),
         ("swiglu", tpt_ops.swiglu, ref.swiglu, [randn(B, T, 80, dtype=dtype, seed=17)]),
+        ("swiglu_odd", tpt_ops.swiglu, ref.swiglu, [randn(B, T, 82, dtype=dtype, seed=17)]),
+        ("swiglu_unaligned", lambda g: tpt_ops.swiglu(shifted(g)), lambda g: ref.swiglu(shifted(g)),
+         [randn(B, T, 80, dtype=dtype, seed=17)]),
         ("qkv_rope", lambda qkv, c, s: tpt_ops.qkv_rope(qkv, c, s, 4, 2), lambda qkv, c, s: ref.qkv_rope(qkv, c, s, 4, 2),
          [qkv, Constant(cos), Constant(sin)]),
         ("moe_route_softmax", lambda l: tpt_ops.moe_route(l, 2, 1.0, True, "softmax"),
