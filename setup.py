@@ -125,16 +125,19 @@ class build_ext(BuildExtension.with_options(use_ninja=False)):
 
     Without ninja, BuildExtension sends .c files to the C compiler and .cpp
     files to the C++ compiler; with ninja every source would become C++.
+    The CUDA kernels compile with nvcc meanwhile, and each extension's
+    sources compile in parallel, one process a source.
     """
 
     def run(self):
+        cuda_jobs = self.start_cuda_compile() if WITH_CUDA else None
         self.run_command("build_clib")
-        if WITH_CUDA:
-            torch_ext.extra_objects = self.compile_cuda()
+        if cuda_jobs is not None:
+            torch_ext.extra_objects = self.finish_cuda_compile(*cuda_jobs)
         super().run()
 
-    def compile_cuda(self):
-        """csrc/cuda/*.cu -> objects under build_temp (only those older than their sources), in parallel."""
+    def start_cuda_compile(self):
+        """Starts nvcc on each csrc/cuda/*.cu whose object under build_temp is older than its sources."""
         out_dir = os.path.join(self.build_temp, "cuda")
         os.makedirs(out_dir, exist_ok=True)
         newest_header = max(os.path.getmtime(h) for h in CUDA_HEADERS)
@@ -146,10 +149,40 @@ class build_ext(BuildExtension.with_options(use_ninja=False)):
                 cmd = [NVCC, *NVCC_FLAGS, *CUDA_ARCHS, "-c", src, "-o", obj]
                 print(" ".join(cmd))
                 jobs.append((cmd, subprocess.Popen(cmd)))
+        return objects, jobs
+
+    @staticmethod
+    def finish_cuda_compile(objects, jobs):
         failed = [cmd for cmd, job in jobs if job.wait() != 0]
         if failed:
             raise RuntimeError("nvcc failed: " + " ".join(failed[0]))
         return objects
+
+    def build_extensions(self):
+        compiler = self.compiler
+        if all(hasattr(compiler, name) for name in ("_setup_compile", "_get_cc_args", "_compile")):
+            compiler.compile = self.parallel_compile(compiler)
+        super().build_extensions()
+
+    @staticmethod
+    def parallel_compile(compiler):
+        """distutils' CCompiler.compile with its per-source loop on a thread pool (each source is a compiler
+        process of its own); the compiler's _compile is looked up per call, so BuildExtension's wrapper applies."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        def compile(sources, output_dir=None, macros=None, include_dirs=None, debug=0, extra_preargs=None,
+                    extra_postargs=None, depends=None):
+            macros, objects, extra_postargs, pp_opts, build = compiler._setup_compile(
+                output_dir, macros, include_dirs, sources, depends, extra_postargs)
+            cc_args = compiler._get_cc_args(pp_opts, debug, extra_preargs)
+            todo = [(obj, *build[obj]) for obj in objects if obj in build]
+            with ThreadPoolExecutor(max(1, os.cpu_count() or 1)) as pool:
+                for done in [pool.submit(compiler._compile, obj, src, ext, cc_args, extra_postargs, pp_opts)
+                             for obj, src, ext in todo]:
+                    done.result()
+            return objects
+
+        return compile
 
 
 setup(
