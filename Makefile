@@ -11,7 +11,7 @@ VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 PY := $(VENV)/bin/python
 DEPS := numpy tqdm matplotlib pytest pytest-benchmark nbclient nbformat ipykernel setuptools wheel
-SOURCES := $(wildcard csrc/*/*.c csrc/*/*.h csrc/*/*.inc csrc/*/*.cpp) setup.py pyproject.toml
+SOURCES := $(wildcard csrc/*/*.c csrc/*/*.h csrc/*/*.inc csrc/*/*.cpp csrc/*/*.cu csrc/*/*.cuh) setup.py pyproject.toml
 
 .PHONY: all venv build demo test bench clean
 

@@ -8,14 +8,24 @@
 * ``tpt_ops._np``  the same kernels for NumPy arrays (csrc/numpy/module.c,
   pure C, NumPy C API).
 
+When the installed torch has CUDA (``torch.version.cuda``) and ``nvcc`` is
+found, the CUDA kernels (csrc/cuda/*.cu) are compiled by nvcc and linked into
+``tpt_ops._C`` (with the static CUDA runtime), and the glue is built with
+TPT_WITH_CUDA so that every op also registers for the CUDA dispatch key. A
+CPU-only torch, or no nvcc, gives the CPU-only build, unchanged.
+
 Build against the torch you run with: ``pip install --no-build-isolation .``
 (an isolated build would fetch a different torch).
 """
 import glob
 import os
+import re
+import shutil
+import subprocess
 
 import numpy
 from setuptools import Extension, setup
+import torch
 from torch.utils.cpp_extension import BuildExtension, CppExtension
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
@@ -55,13 +65,46 @@ KERNEL_FILES = sources("csrc/cpu/*.c") + KERNEL_HEADERS
 kernels = ("tpt_kernels", {"sources": sources("csrc/cpu/*.c"), "cflags": C_FLAGS, "include_dirs": ["csrc/cpu"],
                            "obj_deps": {"": KERNEL_HEADERS}})
 
+# The CUDA kernels: CUDA C (nvcc compiles it as C++17, which the launchers'
+# extern "C" makes plain C functions). -fmad=false: no a*b+c becomes an FMA,
+# so device code rounds as the C kernels do (-ffp-contract=off) and the
+# element-wise results are the C kernels' bits; division and square root stay
+# IEEE (no --use_fast_math), denormals are kept. sm_80 (A100) and sm_90
+# (H100/H200) code, plus sm_90 PTX for newer GPUs. tests/test_cuda_build.py
+# compiles every .cu with these flags.
+NVCC_FLAGS = ["-std=c++17", "-O3", "-fmad=false", "-prec-div=true", "-prec-sqrt=true", "-ftz=false",
+              "-Xcompiler", "-fPIC"]
+CUDA_ARCHS = ["-gencode", "arch=compute_80,code=sm_80", "-gencode", "arch=compute_90,code=sm_90",
+              "-gencode", "arch=compute_90,code=compute_90"]
+CUDA_SOURCES = sources("csrc/cuda/*.cu")
+CUDA_HEADERS = sources("csrc/cuda/*.cuh") + sources("csrc/cuda/*.h") + KERNEL_HEADERS
+NVCC = shutil.which("nvcc")
+WITH_CUDA = bool(torch.version.cuda) and NVCC is not None and os.environ.get("TPT_NO_CUDA") != "1"
+
+
+def cuda_toolkit_dirs(nvcc):
+    """(include dirs, library dirs) of the toolkit nvcc belongs to, as nvcc itself reports them."""
+    out = subprocess.run([nvcc, "--dryrun", "-x", "cu", "-c", os.devnull, "-o", os.devnull], capture_output=True,
+                         text=True).stderr
+    includes = re.findall(r'-I"?([^"\s]+)', "".join(l for l in out.splitlines() if "INCLUDES=" in l))
+    libs = re.findall(r'-L"?([^"\s]+)', "".join(l for l in out.splitlines() if "LIBRARIES=" in l))
+    return includes, [d for d in libs if not d.rstrip("/").endswith("stubs")]
+
+
+CUDA_INCLUDES, CUDA_LIBRARY_DIRS = cuda_toolkit_dirs(NVCC) if WITH_CUDA else ([], [])
+CUDA_GLUE_FLAGS = ["-DTPT_WITH_CUDA", "-DUSE_CUDA"] if WITH_CUDA else []
+# The static CUDA runtime (no runtime library to find at load time), and libtorch_cuda, which defines the C shim's
+# CUDA functions (aoti_torch_get_current_cuda_stream): linked so that they resolve however torch was loaded.
+CUDA_LIBRARIES = ["torch_cuda", "cudart_static", "rt", "dl", "pthread"] if WITH_CUDA else []
+
 torch_ext = CppExtension(
     "tpt_ops._C",
     sources("csrc/torch/*.cpp"),
-    include_dirs=[os.path.join(ROOT, "csrc")],
-    libraries=["tpt_kernels"],
-    depends=KERNEL_FILES + sources("csrc/torch/*.h"),
-    extra_compile_args={"cxx": ["-O3", "-std=c++17", "-Wall"] + STABLE_ABI},
+    include_dirs=[os.path.join(ROOT, "csrc")] + CUDA_INCLUDES,
+    libraries=["tpt_kernels"] + CUDA_LIBRARIES,
+    library_dirs=CUDA_LIBRARY_DIRS,
+    depends=KERNEL_FILES + sources("csrc/torch/*.h") + (CUDA_SOURCES + CUDA_HEADERS if WITH_CUDA else []),
+    extra_compile_args={"cxx": ["-O3", "-std=c++17", "-Wall"] + STABLE_ABI + CUDA_GLUE_FLAGS},
     py_limited_api=True,
 )
 
@@ -82,11 +125,64 @@ class build_ext(BuildExtension.with_options(use_ninja=False)):
 
     Without ninja, BuildExtension sends .c files to the C compiler and .cpp
     files to the C++ compiler; with ninja every source would become C++.
+    The CUDA kernels compile with nvcc meanwhile, and each extension's
+    sources compile in parallel, one process a source.
     """
 
     def run(self):
+        cuda_jobs = self.start_cuda_compile() if WITH_CUDA else None
         self.run_command("build_clib")
+        if cuda_jobs is not None:
+            torch_ext.extra_objects = self.finish_cuda_compile(*cuda_jobs)
         super().run()
+
+    def start_cuda_compile(self):
+        """Starts nvcc on each csrc/cuda/*.cu whose object under build_temp is older than its sources."""
+        out_dir = os.path.join(self.build_temp, "cuda")
+        os.makedirs(out_dir, exist_ok=True)
+        newest_header = max(os.path.getmtime(h) for h in CUDA_HEADERS)
+        objects, jobs = [], []
+        for src in CUDA_SOURCES:
+            obj = os.path.join(out_dir, os.path.basename(src) + ".o")
+            objects.append(obj)
+            if not os.path.exists(obj) or os.path.getmtime(obj) < max(os.path.getmtime(src), newest_header):
+                cmd = [NVCC, *NVCC_FLAGS, *CUDA_ARCHS, "-c", src, "-o", obj]
+                print(" ".join(cmd))
+                jobs.append((cmd, subprocess.Popen(cmd)))
+        return objects, jobs
+
+    @staticmethod
+    def finish_cuda_compile(objects, jobs):
+        failed = [cmd for cmd, job in jobs if job.wait() != 0]
+        if failed:
+            raise RuntimeError("nvcc failed: " + " ".join(failed[0]))
+        return objects
+
+    def build_extensions(self):
+        compiler = self.compiler
+        if all(hasattr(compiler, name) for name in ("_setup_compile", "_get_cc_args", "_compile")):
+            compiler.compile = self.parallel_compile(compiler)
+        super().build_extensions()
+
+    @staticmethod
+    def parallel_compile(compiler):
+        """distutils' CCompiler.compile with its per-source loop on a thread pool (each source is a compiler
+        process of its own); the compiler's _compile is looked up per call, so BuildExtension's wrapper applies."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        def compile(sources, output_dir=None, macros=None, include_dirs=None, debug=0, extra_preargs=None,
+                    extra_postargs=None, depends=None):
+            macros, objects, extra_postargs, pp_opts, build = compiler._setup_compile(
+                output_dir, macros, include_dirs, sources, depends, extra_postargs)
+            cc_args = compiler._get_cc_args(pp_opts, debug, extra_preargs)
+            todo = [(obj, *build[obj]) for obj in objects if obj in build]
+            with ThreadPoolExecutor(max(1, os.cpu_count() or 1)) as pool:
+                for done in [pool.submit(compiler._compile, obj, src, ext, cc_args, extra_postargs, pp_opts)
+                             for obj, src, ext in todo]:
+                    done.result()
+            return objects
+
+        return compile
 
 
 setup(

@@ -42,7 +42,7 @@ extern "C" {
 typedef enum { TPT_FLOAT32 = 0, TPT_FLOAT64 = 1, TPT_BFLOAT16 = 2, TPT_FLOAT16 = 3 } tpt_dtype;
 
 /* Status returned by kernels that can fail. */
-enum { TPT_OK = 0, TPT_ERR_NOMEM = 1, TPT_ERR_INDEX = 2 };
+enum { TPT_OK = 0, TPT_ERR_NOMEM = 1, TPT_ERR_INDEX = 2, TPT_ERR_CUDA = 3 /* a CUDA launch failed */ };
 
 TPT_HD int64_t tpt_dtype_size(tpt_dtype dt) { return dt == TPT_FLOAT64 ? 8 : dt == TPT_FLOAT32 ? 4 : 2; }
 

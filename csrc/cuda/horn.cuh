@@ -32,16 +32,24 @@ static __global__ void SFX(horn_mean_kernel)(real* token_means, const void* dy, 
     if (active && lane == 0) token_means[m] = SFX(tpt_horn_mean)(sum, D);
 }
 
-/* dtable[v, j] = sum over the tokens of id v in token order of dy - mean(dy); one thread a (v, j). */
+/* dtable[v, j] = sum of dy - mean(dy) over the tokens of id v, one thread a (v, j), in the C kernel's order:
+ * the id's tokens in chunks of TPT_ROW_BLOCK (each chunk's sum starting from its first term), the chunk sums
+ * added to 0 in chunk order (horn_embedding_backward and _combine in horn.inc). */
 static __global__ void SFX(horn_table_grad_kernel)(void* dtable, const real* token_means, const void* dy,
                                                    const int64_t* order, const int64_t* id_offsets, tpt_dtype dt,
                                                    int64_t V, int64_t D) {
     TPT_FOR_EACH(idx, V * D) {
         const int64_t v = idx / D, j = idx % D;
         real acc = 0;
-        for (int64_t n = id_offsets[v]; n < id_offsets[v + 1]; n++) {
-            const int64_t t = order[n];
-            acc += SFX(tpt_horn_centered)(SFX(tpt_load)(dy, dt, t * D + j), token_means[t]);
+        for (int64_t chunk = id_offsets[v]; chunk < id_offsets[v + 1]; chunk += TPT_ROW_BLOCK) {
+            const int64_t chunk_end = min(chunk + TPT_ROW_BLOCK, id_offsets[v + 1]);
+            int64_t t = order[chunk];
+            real part = SFX(tpt_horn_centered)(SFX(tpt_load)(dy, dt, t * D + j), token_means[t]);
+            for (int64_t n = chunk + 1; n < chunk_end; n++) {
+                t = order[n];
+                part += SFX(tpt_horn_centered)(SFX(tpt_load)(dy, dt, t * D + j), token_means[t]);
+            }
+            acc += part;
         }
         SFX(tpt_store)(dtable, dt, idx, acc);
     }

@@ -20,9 +20,6 @@
 extern "C" {
 #endif
 
-/* Status of a launch that failed (alongside TPT_OK, TPT_ERR_NOMEM, TPT_ERR_INDEX of common.h). */
-enum { TPT_ERR_CUDA = 3 };
-
 /* buf[a] = x[slot_token[a]] (zeros where slot_token[a] < 0), A rows of D elements, copied as stored. */
 int tpt_cuda_moe_permute_forward(void* buf, const void* x, const int64_t* slot_token, tpt_dtype dt, int64_t A,
                                  int64_t D, cudaStream_t stream);

@@ -60,6 +60,62 @@ __device__ __forceinline__ void SFX(tpt_store)(void* p, tpt_dtype dt, int64_t i,
 #endif
 }
 
+/* Elements 2i and 2i + 1 of a tensor of storage dtype dt, in one load of both (8 bytes for float32, 4 for
+ * bfloat16/float16, 16 for float64) where the pair is aligned to that size, else in two. */
+__device__ __forceinline__ void SFX(tpt_load_pair)(const void* p, tpt_dtype dt, int64_t i, real* a, real* b) {
+#if TPT_PRECISION == 32
+    const char* at = (const char*)p + 2 * i * tpt_dtype_size(dt);
+    if (dt == TPT_FLOAT32 && (uintptr_t)at % 8 == 0) {
+        const float2 v = *(const float2*)at;
+        *a = v.x;
+        *b = v.y;
+        return;
+    }
+    if (dt != TPT_FLOAT32 && (uintptr_t)at % 4 == 0) {
+        const uint32_t w = *(const uint32_t*)at; /* little-endian: element 2i in the low half */
+        const uint16_t lo = (uint16_t)(w & 0xffffu), hi = (uint16_t)(w >> 16);
+        *a = dt == TPT_BFLOAT16 ? tpt_bf16_to_float(lo) : tpt_f16_to_float(lo);
+        *b = dt == TPT_BFLOAT16 ? tpt_bf16_to_float(hi) : tpt_f16_to_float(hi);
+        return;
+    }
+#else
+    const char* at = (const char*)p + 2 * i * 8;
+    if ((uintptr_t)at % 16 == 0) {
+        const double2 v = *(const double2*)at;
+        *a = v.x;
+        *b = v.y;
+        return;
+    }
+#endif
+    *a = SFX(tpt_load)(p, dt, 2 * i);
+    *b = SFX(tpt_load)(p, dt, 2 * i + 1);
+}
+
+/* Stores a, b as elements 2i and 2i + 1, in one store where the pair is aligned (as tpt_load_pair). */
+__device__ __forceinline__ void SFX(tpt_store_pair)(void* p, tpt_dtype dt, int64_t i, real a, real b) {
+#if TPT_PRECISION == 32
+    char* at = (char*)p + 2 * i * tpt_dtype_size(dt);
+    if (dt == TPT_FLOAT32 && (uintptr_t)at % 8 == 0) {
+        *(float2*)at = make_float2(a, b);
+        return;
+    }
+    if (dt != TPT_FLOAT32 && (uintptr_t)at % 4 == 0) {
+        const uint16_t lo = dt == TPT_BFLOAT16 ? tpt_float_to_bf16(a) : tpt_float_to_f16(a);
+        const uint16_t hi = dt == TPT_BFLOAT16 ? tpt_float_to_bf16(b) : tpt_float_to_f16(b);
+        *(uint32_t*)at = (uint32_t)lo | ((uint32_t)hi << 16);
+        return;
+    }
+#else
+    char* at = (char*)p + 2 * i * 8;
+    if ((uintptr_t)at % 16 == 0) {
+        *(double2*)at = make_double2(a, b);
+        return;
+    }
+#endif
+    SFX(tpt_store)(p, dt, 2 * i, a);
+    SFX(tpt_store)(p, dt, 2 * i + 1, b);
+}
+
 /* The sum of acc over the TPT_LANES lanes of this thread's group, added in
  * lane order from 0 (as real.h's tpt_dot adds its lanes); every lane gets it.
  * Every thread of the warp must call it. */

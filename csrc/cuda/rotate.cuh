@@ -3,17 +3,16 @@
  * kernels' bits, and dtheta sums rows and phases in the C kernels' order. */
 #include "rotate_row.cuh"
 
-/* One thread a pair (m, k): y = R(phi_k) x. */
+/* One thread a pair (m, k), loaded and stored as one (tpt_load_pair): y = R(phi_k) x. */
 static __global__ void SFX(rotate_forward_kernel)(void* y, const real* table, const void* x, tpt_dtype dt, int64_t M,
                                                   int64_t D) {
     const int64_t pairs = D / 2;
     TPT_FOR_EACH(idx, M * pairs) {
         const int64_t k = idx % pairs;
-        real ya, yb;
-        SFX(tpt_rotate_pair)(SFX(tpt_load)(x, dt, 2 * idx), SFX(tpt_load)(x, dt, 2 * idx + 1), table[k],
-                             table[pairs + k], &ya, &yb);
-        SFX(tpt_store)(y, dt, 2 * idx, ya);
-        SFX(tpt_store)(y, dt, 2 * idx + 1, yb);
+        real a, b, ya, yb;
+        SFX(tpt_load_pair)(x, dt, idx, &a, &b);
+        SFX(tpt_rotate_pair)(a, b, table[k], table[pairs + k], &ya, &yb);
+        SFX(tpt_store_pair)(y, dt, idx, ya, yb);
     }
 }
 
@@ -23,11 +22,10 @@ static __global__ void SFX(rotate_backward_kernel)(void* dx, const real* table, 
     const int64_t pairs = D / 2;
     TPT_FOR_EACH(idx, M * pairs) {
         const int64_t k = idx % pairs;
-        real da, db;
-        SFX(tpt_rotate_pair_backward)(SFX(tpt_load)(dy, dt, 2 * idx), SFX(tpt_load)(dy, dt, 2 * idx + 1), table[k],
-                                      table[pairs + k], &da, &db);
-        SFX(tpt_store)(dx, dt, 2 * idx, da);
-        SFX(tpt_store)(dx, dt, 2 * idx + 1, db);
+        real ge, go, da, db;
+        SFX(tpt_load_pair)(dy, dt, idx, &ge, &go);
+        SFX(tpt_rotate_pair_backward)(ge, go, table[k], table[pairs + k], &da, &db);
+        SFX(tpt_store_pair)(dx, dt, idx, da, db);
     }
 }
 

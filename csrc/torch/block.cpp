@@ -12,13 +12,17 @@ namespace {
 namespace kernels {
 TPT_KERNEL_PAIR(add_rotate_norm_forward)
 TPT_KERNEL_PAIR(add_rotate_norm_backward)
+#ifdef TPT_WITH_CUDA
+TPT_KERNEL_PAIR(tpt_cuda_add_rotate_norm_forward)
+TPT_KERNEL_PAIR(tpt_cuda_add_rotate_norm_backward)
+#endif
 }  // namespace kernels
 
 // Checks shared by both ops; returns D.
 int64_t check_block_inputs(const char* op, const Tensor& h, const Tensor& a, int64_t n_phases) {
   storage_dtype(h, op, "h");
   storage_dtype(a, op, "a");
-  check_cpu(h, op, "h");
+  check_device(h, op, "h");
   check_same_device(a, h, op, "a");
   TPT_RULE(op, tpt_check_same_shape, "a", shape_of(a), "h", shape_of(h));
   return check_phases(h, n_phases, op, "h");
@@ -51,6 +55,21 @@ std::tuple<Tensor, Tensor, Tensor> block_forward(const char* op, Tensor h, Tenso
   Tensor normed = torch::stable::empty_like(h);
   Tensor rstd = torch::stable::new_empty(h, rstd_shape, ct);
   const int64_t M = D ? h.numel() / D : 0;
+#ifdef TPT_WITH_CUDA
+  if (h.is_cuda()) {
+    const CudaLaunch launch(h);
+    Tensor table = torch::stable::new_empty(h, {th ? D : 0}, ct);
+    check_status(by_precision(dt_h, [&](auto tag) {
+                   using real = decltype(tag);
+                   return kernels::tpt_cuda_add_rotate_norm_forward<real>(
+                       h_new.mutable_data_ptr(), normed.mutable_data_ptr(), rstd.mutable_data_ptr<real>(),
+                       table.mutable_data_ptr<real>(), h.const_data_ptr(), dt_h, a.const_data_ptr(), dt_a,
+                       th ? th->const_data_ptr<real>() : nullptr, w.const_data_ptr<real>(), M, D, n_phases, eps,
+                       launch.stream);
+                 }),
+                 op);
+  } else
+#endif
   parallel_rows(op, M, row_grain(D), [&](int64_t begin, int64_t end) {
     return by_precision(dt_h, [&](auto tag) {
       using real = decltype(tag);
@@ -86,6 +105,23 @@ std::tuple<Tensor, std::optional<Tensor>, Tensor> block_backward(const char* op,
   const int64_t n_blocks = tpt_num_row_blocks(M), rows = std::max<int64_t>(n_blocks, 1);
   Tensor dw_partials = torch::stable::new_zeros(h_new, {rows, D}, ct);
   Tensor dth_partials = torch::stable::new_zeros(h_new, {rows, theta ? P / 2 : 0}, ct);
+#ifdef TPT_WITH_CUDA
+  if (h_new.is_cuda()) {
+    const CudaLaunch launch(h_new);
+    Tensor table = torch::stable::new_empty(h_new, {th ? D : 0}, ct);
+    Tensor coef = torch::stable::new_empty(h_new, {M * n_phases}, ct);
+    check_status(by_precision(dt, [&](auto tag) {
+                   using real = decltype(tag);
+                   return kernels::tpt_cuda_add_rotate_norm_backward<real>(
+                       dsum.mutable_data_ptr(), dth_partials.mutable_data_ptr<real>(),
+                       dw_partials.mutable_data_ptr<real>(), table.mutable_data_ptr<real>(),
+                       coef.mutable_data_ptr<real>(), dh_new.const_data_ptr(), dnormed.const_data_ptr(),
+                       h_new.const_data_ptr(), th ? th->const_data_ptr<real>() : nullptr, w.const_data_ptr<real>(),
+                       rstd.const_data_ptr<real>(), dt, M, D, n_phases, launch.stream);
+                 }),
+                 op);
+  } else
+#endif
   parallel_rows(op, n_blocks, 1, [&](int64_t begin, int64_t end) {
     return by_precision(dt, [&](auto tag) {
       using real = decltype(tag);
@@ -147,3 +183,12 @@ STABLE_TORCH_LIBRARY_IMPL(tpt, CPU, m) {
   m.impl("add_norm", TORCH_BOX(&tpt::add_norm));
   m.impl("add_norm_backward", TORCH_BOX(&tpt::add_norm_backward));
 }
+
+#ifdef TPT_WITH_CUDA
+STABLE_TORCH_LIBRARY_IMPL(tpt, CUDA, m) {
+  m.impl("add_rotate_norm", TORCH_BOX(&tpt::add_rotate_norm));
+  m.impl("add_rotate_norm_backward", TORCH_BOX(&tpt::add_rotate_norm_backward));
+  m.impl("add_norm", TORCH_BOX(&tpt::add_norm));
+  m.impl("add_norm_backward", TORCH_BOX(&tpt::add_norm_backward));
+}
+#endif

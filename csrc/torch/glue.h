@@ -5,6 +5,12 @@
 //
 // Everything here uses the LibTorch stable ABI (torch/csrc/stable), so one
 // build of the extension serves every torch >= 2.10.
+//
+// A build with the CUDA kernels (setup.py, when torch has CUDA and nvcc is
+// found) defines TPT_WITH_CUDA, and USE_CUDA so that the stable C shim
+// declares its CUDA functions (the current-stream accessor among them). Each
+// op then also takes CUDA tensors: the same checks, then the launchers of
+// csrc/cuda/launchers.h on torch's current stream.
 #pragma once
 
 #include <torch/csrc/stable/library.h>
@@ -22,6 +28,9 @@
 
 #include "../cpu/checks.h"
 #include "../cpu/common.h"
+#ifdef TPT_WITH_CUDA
+#include "../cuda/launchers.h"
+#endif
 
 namespace tpt {
 
@@ -140,9 +149,47 @@ decltype(auto) by_precision(tpt_dtype dt, const F& f) {
     else return ::name##_f32(args...);                               \
   }
 
-inline void check_cpu(const Tensor& t, const char* op, const char* arg) {
+// The input that decides where an op runs: the CPU, or a CUDA device in a
+// build with the CUDA kernels.
+inline void check_device(const Tensor& t, const char* op, const char* arg) {
+#ifdef TPT_WITH_CUDA
+  TPT_CHECK(t.is_cpu() || t.is_cuda(), op, "argument '", arg, "' must be a CPU or CUDA tensor");
+#else
   TPT_CHECK(t.is_cpu(), op, "argument '", arg, "' must be a CPU tensor");
+#endif
 }
+
+// t itself on the CPU, else a copy there: for the checks that read values
+// (ids, routing layouts) and so are the CPU's rules on every device. On a
+// CUDA tensor this waits for the values, a small copy.
+inline Tensor on_host(const Tensor& t) {
+  return t.is_cpu() ? t : torch::stable::to(t, torch::stable::Device(torch::stable::DeviceType::CPU));
+}
+
+#ifdef TPT_WITH_CUDA
+// A CUDA op's launch context: t's device made current for the call, and
+// torch's current stream on it, so the kernels queue behind the work torch
+// has queued there (and nothing synchronises). The guard is the C shim's
+// handle (the stable headers' DeviceGuard class has hidden visibility).
+class CudaLaunch {
+ public:
+  explicit CudaLaunch(const Tensor& t) {
+    const int32_t device = t.get_device_index();
+    STABLE_TORCH_ERROR_CODE_CHECK(aoti_torch_create_device_guard(device, &guard_));
+    void* s = nullptr;
+    STABLE_TORCH_ERROR_CODE_CHECK(aoti_torch_get_current_cuda_stream(device, &s));
+    stream = static_cast<cudaStream_t>(s);
+  }
+  ~CudaLaunch() { aoti_torch_delete_device_guard(guard_); }
+  CudaLaunch(const CudaLaunch&) = delete;
+  CudaLaunch& operator=(const CudaLaunch&) = delete;
+
+  cudaStream_t stream = nullptr;
+
+ private:
+  DeviceGuardHandle guard_ = nullptr;
+};
+#endif
 
 inline void check_same_device(const Tensor& a, const Tensor& b, const char* op, const char* arg) {
   TPT_CHECK(a.device() == b.device(), op, "argument '", arg,
@@ -165,7 +212,10 @@ inline Tensor param_vector(const Tensor& p, int64_t length, ScalarType compute, 
 }
 
 inline void check_status(int status, const char* op) {
-  TPT_CHECK(status == TPT_OK, op, status == TPT_ERR_NOMEM ? "out of memory" : "kernel failed");
+  TPT_CHECK(status == TPT_OK, op,
+            status == TPT_ERR_NOMEM  ? "out of memory"
+            : status == TPT_ERR_CUDA ? "CUDA kernel launch failed"
+                                     : "kernel failed");
 }
 
 // Run f(begin, end) over [0, n) on torch's thread pool, at least `grain`
@@ -189,6 +239,9 @@ inline int64_t row_grain(int64_t D) { return D > 0 ? std::max<int64_t>(1, 16384 
 
 namespace kernels {
 TPT_KERNEL_PAIR(tpt_sum_partials)
+#ifdef TPT_WITH_CUDA
+TPT_KERNEL_PAIR(tpt_cuda_sum_partials)
+#endif
 }  // namespace kernels
 
 // Sum the [n_blocks, n] partials of a row reduction in block order.
@@ -196,6 +249,19 @@ inline Tensor sum_partials(const Tensor& partials, ScalarType out_type) {
   const int64_t n_blocks = partials.size(0), n = partials.size(1);
   Tensor out = torch::stable::new_empty(partials, {n});
   const tpt_dtype dt = partials.scalar_type() == ScalarType::Double ? TPT_FLOAT64 : TPT_FLOAT32;
+#ifdef TPT_WITH_CUDA
+  if (partials.is_cuda()) {
+    const CudaLaunch launch(partials);
+    check_status(by_precision(dt, [&](auto tag) {
+                   using real = decltype(tag);
+                   return kernels::tpt_cuda_sum_partials<real>(out.mutable_data_ptr<real>(),
+                                                               partials.const_data_ptr<real>(), n_blocks, n,
+                                                               launch.stream);
+                 }),
+                 "sum_partials");
+    return torch::stable::to(out, out_type);
+  }
+#endif
   by_precision(dt, [&](auto tag) {
     using real = decltype(tag);
     kernels::tpt_sum_partials<real>(out.mutable_data_ptr<real>(), partials.const_data_ptr<real>(), n_blocks, n, 0, n);

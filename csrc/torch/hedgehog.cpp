@@ -13,6 +13,13 @@ TPT_KERNEL_PAIR(hedgehog_feature_map_backward)
 TPT_KERNEL_PAIR(linear_attention_forward)
 TPT_KERNEL_PAIR(linear_attention_backward)
 TPT_KERNEL_PAIR(linear_attention_step)
+#ifdef TPT_WITH_CUDA
+TPT_KERNEL_PAIR(tpt_cuda_hedgehog_feature_map_forward)
+TPT_KERNEL_PAIR(tpt_cuda_hedgehog_feature_map_backward)
+TPT_KERNEL_PAIR(tpt_cuda_linear_attention_forward)
+TPT_KERNEL_PAIR(tpt_cuda_linear_attention_backward)
+TPT_KERNEL_PAIR(tpt_cuda_linear_attention_step)
+#endif
 }  // namespace kernels
 
 constexpr const char* kFeatureMap = "hedgehog_feature_map";
@@ -25,13 +32,26 @@ constexpr const char* kStep = "linear_attention_step";
 // u [..., F] -> phi [..., 2F] in u's dtype.
 Tensor hedgehog_feature_map(Tensor u) {
   const tpt_dtype dt = storage_dtype(u, kFeatureMap, "u");
-  check_cpu(u, kFeatureMap, "u");
+  check_device(u, kFeatureMap, "u");
   TPT_RULE(kFeatureMap, tpt_check_hedgehog_u, shape_of(u));
   u = torch::stable::contiguous(u);
   const int64_t F = u.size(-1), rows = u.numel() / F;
   std::vector<int64_t> sizes(u.sizes().begin(), u.sizes().end());
   sizes.back() = 2 * F;
   Tensor phi = torch::stable::new_empty(u, sizes);
+#ifdef TPT_WITH_CUDA
+  if (u.is_cuda()) {
+    const CudaLaunch launch(u);
+    Tensor workspace = torch::stable::new_empty(u, {tpt_cuda_feature_map_workspace(rows, F, 0)}, compute_type(dt));
+    check_status(by_precision(dt, [&](auto tag) {
+                   using real = decltype(tag);
+                   return kernels::tpt_cuda_hedgehog_feature_map_forward<real>(
+                       phi.mutable_data_ptr(), workspace.mutable_data_ptr<real>(), u.const_data_ptr(), dt, rows, F,
+                       launch.stream);
+                 }),
+                 kFeatureMap);
+  } else
+#endif
   parallel_rows(kFeatureMap, rows, row_grain(3 * F), [&](int64_t begin, int64_t end) {
     return by_precision(dt, [&](auto tag) {
       return kernels::hedgehog_feature_map_forward<decltype(tag)>(phi.mutable_data_ptr(), u.const_data_ptr(), dt,
@@ -45,7 +65,7 @@ Tensor hedgehog_feature_map(Tensor u) {
 Tensor hedgehog_feature_map_backward(Tensor dphi, Tensor u) {
   const char* op = kFeatureMapBackward;
   const tpt_dtype dt = storage_dtype(u, op, "u");
-  check_cpu(u, op, "u");
+  check_device(u, op, "u");
   TPT_RULE(op, tpt_check_hedgehog_u, shape_of(u));
   storage_dtype(dphi, op, "dphi");
   check_same_device(dphi, u, op, "dphi");
@@ -56,6 +76,20 @@ Tensor hedgehog_feature_map_backward(Tensor dphi, Tensor u) {
   u = torch::stable::contiguous(u);
   dphi = torch::stable::contiguous(torch::stable::to(dphi, u.scalar_type()));
   Tensor du = torch::stable::empty_like(u);
+#ifdef TPT_WITH_CUDA
+  if (u.is_cuda()) {
+    const CudaLaunch launch(u);
+    const int64_t rows = u.numel() / F;
+    Tensor workspace = torch::stable::new_empty(u, {tpt_cuda_feature_map_workspace(rows, F, 1)}, compute_type(dt));
+    check_status(by_precision(dt, [&](auto tag) {
+                   using real = decltype(tag);
+                   return kernels::tpt_cuda_hedgehog_feature_map_backward<real>(
+                       du.mutable_data_ptr(), workspace.mutable_data_ptr<real>(), dphi.const_data_ptr(),
+                       u.const_data_ptr(), dt, rows, F, launch.stream);
+                 }),
+                 op);
+  } else
+#endif
   parallel_rows(op, u.numel() / F, row_grain(6 * F), [&](int64_t begin, int64_t end) {
     return by_precision(dt, [&](auto tag) {
       return kernels::hedgehog_feature_map_backward<decltype(tag)>(du.mutable_data_ptr(), dphi.const_data_ptr(),
@@ -74,7 +108,7 @@ struct Dims {
 Dims check_attention(Tensor& phi_q, Tensor& phi_k, Tensor& v, double eps, const char* op) {
   Dims d;
   d.dt = storage_dtype(phi_q, op, "phi_q");
-  check_cpu(phi_q, op, "phi_q");
+  check_device(phi_q, op, "phi_q");
   storage_dtype(phi_k, op, "phi_k");
   storage_dtype(v, op, "v");
   check_same_device(phi_k, phi_q, op, "phi_k");
@@ -98,6 +132,22 @@ std::tuple<Tensor, Tensor, Tensor> attention_forward(Tensor phi_q, Tensor phi_k,
   Tensor y = torch::stable::new_empty(phi_q, {d.B, d.H, d.T, d.Dv});
   Tensor S = torch::stable::new_zeros(phi_q, {with_state ? d.B : 0, d.Hkv, d.K, d.Dv}, ct);
   Tensor z = torch::stable::new_zeros(phi_q, {with_state ? d.B : 0, d.Hkv, d.K}, ct);
+#ifdef TPT_WITH_CUDA
+  if (phi_q.is_cuda()) {
+    const CudaLaunch launch(phi_q);
+    Tensor workspace =
+        torch::stable::new_empty(phi_q, {tpt_cuda_linear_attention_workspace(d.B * d.H, d.T, d.K, d.Dv, 0)}, ct);
+    check_status(by_precision(d.dt, [&](auto tag) {
+                   using real = decltype(tag);
+                   return kernels::tpt_cuda_linear_attention_forward<real>(
+                       y.mutable_data_ptr(), with_state ? S.mutable_data_ptr<real>() : nullptr,
+                       with_state ? z.mutable_data_ptr<real>() : nullptr, workspace.mutable_data_ptr<real>(),
+                       phi_q.const_data_ptr(), phi_k.const_data_ptr(), v.const_data_ptr(), d.dt, d.B, d.H, d.Hkv,
+                       d.T, d.K, d.Dv, causal, eps, launch.stream);
+                 }),
+                 op);
+  } else
+#endif
   parallel_rows(op, d.B * d.H, 1, [&](int64_t begin, int64_t end) {
     return by_precision(d.dt, [&](auto tag) {
       using real = decltype(tag);
@@ -134,6 +184,22 @@ std::tuple<Tensor, Tensor, Tensor> linear_attention_backward(Tensor dy, Tensor p
   Tensor dq = torch::stable::empty_like(phi_q);
   Tensor dk = torch::stable::empty_like(phi_k);
   Tensor dv = torch::stable::empty_like(v);
+#ifdef TPT_WITH_CUDA
+  if (phi_q.is_cuda()) {
+    const CudaLaunch launch(phi_q);
+    Tensor workspace = torch::stable::new_empty(
+        phi_q, {tpt_cuda_linear_attention_workspace(d.B * d.Hkv, d.T, d.K, d.Dv, 1)}, compute_type(d.dt));
+    check_status(by_precision(d.dt, [&](auto tag) {
+                   using real = decltype(tag);
+                   return kernels::tpt_cuda_linear_attention_backward<real>(
+                       dq.mutable_data_ptr(), dk.mutable_data_ptr(), dv.mutable_data_ptr(),
+                       workspace.mutable_data_ptr<real>(), dy.const_data_ptr(), phi_q.const_data_ptr(),
+                       phi_k.const_data_ptr(), v.const_data_ptr(), d.dt, d.B, d.H, d.Hkv, d.T, d.K, d.Dv, causal, eps,
+                       launch.stream);
+                 }),
+                 op);
+  } else
+#endif
   parallel_rows(op, d.B * d.Hkv, 1, [&](int64_t begin, int64_t end) {
     return by_precision(d.dt, [&](auto tag) {
       return kernels::linear_attention_backward<decltype(tag)>(
@@ -164,6 +230,19 @@ std::tuple<Tensor, Tensor, Tensor> linear_attention_step(Tensor phi_q, Tensor ph
   Tensor y = torch::stable::new_empty(phi_q, {d.B, d.H, 1, d.Dv});
   Tensor S_new = torch::stable::empty_like(S);
   Tensor z_new = torch::stable::empty_like(z);
+#ifdef TPT_WITH_CUDA
+  if (phi_q.is_cuda()) {
+    const CudaLaunch launch(phi_q);
+    check_status(by_precision(d.dt, [&](auto tag) {
+                   using real = decltype(tag);
+                   return kernels::tpt_cuda_linear_attention_step<real>(
+                       y.mutable_data_ptr(), S_new.mutable_data_ptr<real>(), z_new.mutable_data_ptr<real>(),
+                       phi_q.const_data_ptr(), phi_k.const_data_ptr(), v.const_data_ptr(), S.const_data_ptr<real>(),
+                       z.const_data_ptr<real>(), d.dt, d.B, d.H, d.Hkv, d.K, d.Dv, eps, launch.stream);
+                 }),
+                 op);
+  } else
+#endif
   parallel_rows(op, d.B * d.Hkv, 1, [&](int64_t begin, int64_t end) {
     return by_precision(d.dt, [&](auto tag) {
       using real = decltype(tag);
@@ -199,3 +278,14 @@ STABLE_TORCH_LIBRARY_IMPL(tpt, CPU, m) {
   m.impl("linear_attention_backward", TORCH_BOX(&tpt::linear_attention_backward));
   m.impl("linear_attention_step", TORCH_BOX(&tpt::linear_attention_step));
 }
+
+#ifdef TPT_WITH_CUDA
+STABLE_TORCH_LIBRARY_IMPL(tpt, CUDA, m) {
+  m.impl("hedgehog_feature_map", TORCH_BOX(&tpt::hedgehog_feature_map));
+  m.impl("hedgehog_feature_map_backward", TORCH_BOX(&tpt::hedgehog_feature_map_backward));
+  m.impl("linear_attention", TORCH_BOX(&tpt::linear_attention));
+  m.impl("linear_attention_prefill", TORCH_BOX(&tpt::linear_attention_prefill));
+  m.impl("linear_attention_backward", TORCH_BOX(&tpt::linear_attention_backward));
+  m.impl("linear_attention_step", TORCH_BOX(&tpt::linear_attention_step));
+}
+#endif

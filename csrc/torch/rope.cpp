@@ -11,6 +11,10 @@ constexpr const char* kBackward = "qkv_rope_backward";
 namespace kernels {
 TPT_KERNEL_PAIR(qkv_rope_forward)
 TPT_KERNEL_PAIR(qkv_rope_backward)
+#ifdef TPT_WITH_CUDA
+TPT_KERNEL_PAIR(tpt_cuda_qkv_rope_forward)
+TPT_KERNEL_PAIR(tpt_cuda_qkv_rope_backward)
+#endif
 }  // namespace kernels
 
 // A [T, head_dim] RoPE table, converted to the compute precision.
@@ -26,7 +30,7 @@ Tensor rope_table(const Tensor& table, int64_t T, int64_t hd, ScalarType compute
 std::tuple<Tensor, Tensor, Tensor> qkv_rope(Tensor qkv, Tensor cos, Tensor sin_signed, int64_t n_q_heads,
                                             int64_t n_kv_heads) {
   const tpt_dtype dt = storage_dtype(qkv, kForward, "qkv");
-  check_cpu(qkv, kForward, "qkv");
+  check_device(qkv, kForward, "qkv");
   TPT_RULE(kForward, tpt_check_qkv, shape_of(qkv), n_q_heads, n_kv_heads);
   const int64_t B = qkv.size(0), T = qkv.size(1), D = qkv.size(2), hd = D / (n_q_heads + 2 * n_kv_heads);
   const ScalarType ct = compute_type(dt);
@@ -37,6 +41,19 @@ std::tuple<Tensor, Tensor, Tensor> qkv_rope(Tensor qkv, Tensor cos, Tensor sin_s
   Tensor k = torch::stable::new_empty(qkv, {B, n_kv_heads, T, hd});
   Tensor v = torch::stable::new_empty(qkv, {B, n_kv_heads, T, hd});
   const int64_t M = hd ? B * T : 0;
+#ifdef TPT_WITH_CUDA
+  if (qkv.is_cuda()) {
+    const CudaLaunch launch(qkv);
+    check_status(by_precision(dt, [&](auto tag) {
+                   using real = decltype(tag);
+                   return kernels::tpt_cuda_qkv_rope_forward<real>(
+                       q.mutable_data_ptr(), k.mutable_data_ptr(), v.mutable_data_ptr(), qkv.const_data_ptr(),
+                       cos.const_data_ptr<real>(), sin_signed.const_data_ptr<real>(), dt, B, T, n_q_heads,
+                       n_kv_heads, hd, launch.stream);
+                 }),
+                 kForward);
+  } else
+#endif
   parallel_rows(kForward, M, row_grain(D), [&](int64_t begin, int64_t end) {
     return by_precision(dt, [&](auto tag) {
       using real = decltype(tag);
@@ -65,7 +82,7 @@ Tensor qkv_rope_backward(Tensor dq, Tensor dk, Tensor dv, Tensor cos, Tensor sin
   const tpt_dtype dt = storage_dtype(dq, kBackward, "dq");
   storage_dtype(dk, kBackward, "dk");
   storage_dtype(dv, kBackward, "dv");
-  check_cpu(dq, kBackward, "dq");
+  check_device(dq, kBackward, "dq");
   check_same_device(dk, dq, kBackward, "dk");
   check_same_device(dv, dq, kBackward, "dv");
   TPT_RULE(kBackward, tpt_check_head_counts, n_q_heads, n_kv_heads);
@@ -82,6 +99,19 @@ Tensor qkv_rope_backward(Tensor dq, Tensor dk, Tensor dv, Tensor cos, Tensor sin
   const int64_t D = (n_q_heads + 2 * n_kv_heads) * hd;
   Tensor dqkv = torch::stable::new_empty(dq, {B, T, D});
   const int64_t M = hd ? B * T : 0;
+#ifdef TPT_WITH_CUDA
+  if (dq.is_cuda()) {
+    const CudaLaunch launch(dq);
+    check_status(by_precision(dt, [&](auto tag) {
+                   using real = decltype(tag);
+                   return kernels::tpt_cuda_qkv_rope_backward<real>(
+                       dqkv.mutable_data_ptr(), dq.const_data_ptr(), head_strides(dq), dk.const_data_ptr(),
+                       head_strides(dk), dv.const_data_ptr(), head_strides(dv), cos.const_data_ptr<real>(),
+                       sin_signed.const_data_ptr<real>(), dt, B, T, n_q_heads, n_kv_heads, hd, launch.stream);
+                 }),
+                 kBackward);
+  } else
+#endif
   parallel_rows(kBackward, M, row_grain(D), [&](int64_t begin, int64_t end) {
     return by_precision(dt, [&](auto tag) {
       using real = decltype(tag);
@@ -108,3 +138,10 @@ STABLE_TORCH_LIBRARY_IMPL(tpt, CPU, m) {
   m.impl("qkv_rope", TORCH_BOX(&tpt::qkv_rope));
   m.impl("qkv_rope_backward", TORCH_BOX(&tpt::qkv_rope_backward));
 }
+
+#ifdef TPT_WITH_CUDA
+STABLE_TORCH_LIBRARY_IMPL(tpt, CUDA, m) {
+  m.impl("qkv_rope", TORCH_BOX(&tpt::qkv_rope));
+  m.impl("qkv_rope_backward", TORCH_BOX(&tpt::qkv_rope_backward));
+}
+#endif

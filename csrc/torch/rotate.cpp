@@ -8,6 +8,10 @@ namespace {
 namespace kernels {
 TPT_KERNEL_PAIR(phase_rotate_forward)
 TPT_KERNEL_PAIR(phase_rotate_backward)
+#ifdef TPT_WITH_CUDA
+TPT_KERNEL_PAIR(tpt_cuda_phase_rotate_forward)
+TPT_KERNEL_PAIR(tpt_cuda_phase_rotate_backward)
+#endif
 }  // namespace kernels
 
 constexpr const char* kForward = "phase_rotate";
@@ -22,7 +26,7 @@ int64_t check_pairs(int64_t D, int64_t n_phases, const char* op) {
 // y = R(theta + i*2pi/N) x on the channel pairs of each phase i.
 Tensor phase_rotate(Tensor x, Tensor theta, int64_t n_phases) {
   const tpt_dtype dt = storage_dtype(x, kForward, "x");
-  check_cpu(x, kForward, "x");
+  check_device(x, kForward, "x");
   const int64_t D = check_phases(x, n_phases, kForward, "x");
   const int64_t P = check_pairs(D, n_phases, kForward);
   const ScalarType ct = compute_type(dt);
@@ -31,6 +35,19 @@ Tensor phase_rotate(Tensor x, Tensor theta, int64_t n_phases) {
   x = torch::stable::contiguous(x);
   Tensor y = torch::stable::empty_like(x);
   const int64_t M = D ? x.numel() / D : 0;
+#ifdef TPT_WITH_CUDA
+  if (x.is_cuda()) {
+    const CudaLaunch launch(x);
+    Tensor table = torch::stable::new_empty(x, {D}, ct);
+    check_status(by_precision(dt, [&](auto tag) {
+                   using real = decltype(tag);
+                   return kernels::tpt_cuda_phase_rotate_forward<real>(
+                       y.mutable_data_ptr(), table.mutable_data_ptr<real>(), x.const_data_ptr(),
+                       th.const_data_ptr<real>(), dt, M, D, n_phases, launch.stream);
+                 }),
+                 kForward);
+  } else
+#endif
   parallel_rows(kForward, M, row_grain(D), [&](int64_t begin, int64_t end) {
     return by_precision(dt, [&](auto tag) {
       using real = decltype(tag);
@@ -44,7 +61,7 @@ Tensor phase_rotate(Tensor x, Tensor theta, int64_t n_phases) {
 // (dx, dtheta) from dy and the saved output y; dtheta takes theta's dtype.
 std::tuple<Tensor, Tensor> phase_rotate_backward(Tensor dy, Tensor y, Tensor theta, int64_t n_phases) {
   const tpt_dtype dt = storage_dtype(y, kBackward, "y");
-  check_cpu(y, kBackward, "y");
+  check_device(y, kBackward, "y");
   const int64_t D = check_phases(y, n_phases, kBackward, "y");
   const int64_t P = check_pairs(D, n_phases, kBackward);
   storage_dtype(dy, kBackward, "dy");
@@ -59,6 +76,20 @@ std::tuple<Tensor, Tensor> phase_rotate_backward(Tensor dy, Tensor y, Tensor the
   const int64_t M = D ? y.numel() / D : 0;
   const int64_t n_blocks = tpt_num_row_blocks(M);
   Tensor partials = torch::stable::new_zeros(y, {std::max<int64_t>(n_blocks, 1), P / 2}, ct);
+#ifdef TPT_WITH_CUDA
+  if (y.is_cuda()) {
+    const CudaLaunch launch(y);
+    Tensor table = torch::stable::new_empty(y, {D}, ct);
+    check_status(by_precision(dt, [&](auto tag) {
+                   using real = decltype(tag);
+                   return kernels::tpt_cuda_phase_rotate_backward<real>(
+                       dx.mutable_data_ptr(), partials.mutable_data_ptr<real>(), table.mutable_data_ptr<real>(),
+                       dy.const_data_ptr(), y.const_data_ptr(), th.const_data_ptr<real>(), dt, M, D, n_phases,
+                       launch.stream);
+                 }),
+                 kBackward);
+  } else
+#endif
   parallel_rows(kBackward, n_blocks, 1, [&](int64_t begin, int64_t end) {
     return by_precision(dt, [&](auto tag) {
       using real = decltype(tag);
@@ -82,3 +113,10 @@ STABLE_TORCH_LIBRARY_IMPL(tpt, CPU, m) {
   m.impl("phase_rotate", TORCH_BOX(&tpt::phase_rotate));
   m.impl("phase_rotate_backward", TORCH_BOX(&tpt::phase_rotate_backward));
 }
+
+#ifdef TPT_WITH_CUDA
+STABLE_TORCH_LIBRARY_IMPL(tpt, CUDA, m) {
+  m.impl("phase_rotate", TORCH_BOX(&tpt::phase_rotate));
+  m.impl("phase_rotate_backward", TORCH_BOX(&tpt::phase_rotate_backward));
+}
+#endif

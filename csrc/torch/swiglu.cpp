@@ -8,6 +8,10 @@ namespace {
 namespace kernels {
 TPT_KERNEL_PAIR(swiglu_forward)
 TPT_KERNEL_PAIR(swiglu_backward)
+#ifdef TPT_WITH_CUDA
+TPT_KERNEL_PAIR(tpt_cuda_swiglu_forward)
+TPT_KERNEL_PAIR(tpt_cuda_swiglu_backward)
+#endif
 }  // namespace kernels
 
 constexpr const char* kForward = "swiglu";
@@ -23,13 +27,24 @@ int64_t check_gate_up(const Tensor& gate_up, const char* op) {
 // gate_up [..., 2F] -> h = silu(gate) * up [..., F].
 Tensor swiglu(Tensor gate_up) {
   const tpt_dtype dt = storage_dtype(gate_up, kForward, "gate_up");
-  check_cpu(gate_up, kForward, "gate_up");
+  check_device(gate_up, kForward, "gate_up");
   const int64_t F = check_gate_up(gate_up, kForward);
   gate_up = torch::stable::contiguous(gate_up);
   std::vector<int64_t> h_shape(gate_up.sizes().begin(), gate_up.sizes().end());
   h_shape.back() = F;
   Tensor h = torch::stable::new_empty(gate_up, h_shape);
   const int64_t M = F ? gate_up.numel() / (2 * F) : 0;
+#ifdef TPT_WITH_CUDA
+  if (gate_up.is_cuda()) {
+    const CudaLaunch launch(gate_up);
+    check_status(by_precision(dt, [&](auto tag) {
+                   return kernels::tpt_cuda_swiglu_forward<decltype(tag)>(h.mutable_data_ptr(),
+                                                                          gate_up.const_data_ptr(), dt, M, F,
+                                                                          launch.stream);
+                 }),
+                 kForward);
+  } else
+#endif
   parallel_rows(kForward, M, row_grain(2 * F), [&](int64_t begin, int64_t end) {
     return by_precision(dt, [&](auto tag) {
       return kernels::swiglu_forward<decltype(tag)>(h.mutable_data_ptr(), gate_up.const_data_ptr(), dt, begin, end, F);
@@ -42,7 +57,7 @@ Tensor swiglu(Tensor gate_up) {
 int64_t check_backward(const Tensor& dh, const Tensor& gate_up, const char* op, tpt_dtype* dt) {
   *dt = storage_dtype(gate_up, op, "gate_up");
   storage_dtype(dh, op, "dh");
-  check_cpu(gate_up, op, "gate_up");
+  check_device(gate_up, op, "gate_up");
   check_same_device(dh, gate_up, op, "dh");
   const int64_t F = check_gate_up(gate_up, op);
   TPT_RULE(op, tpt_check_swiglu_grad, shape_of(dh), shape_of(gate_up));
@@ -54,6 +69,18 @@ void run_backward(const char* op, tpt_dtype dt, int64_t F, Tensor& d_gate_up, co
                   const Tensor& gate_up) {
   const Tensor dh_c = torch::stable::contiguous(torch::stable::to(dh, gate_up.scalar_type()));
   const int64_t M = F ? gate_up.numel() / (2 * F) : 0;
+#ifdef TPT_WITH_CUDA
+  if (gate_up.is_cuda()) {
+    const CudaLaunch launch(gate_up);
+    check_status(by_precision(dt, [&](auto tag) {
+                   return kernels::tpt_cuda_swiglu_backward<decltype(tag)>(d_gate_up.mutable_data_ptr(),
+                                                                           dh_c.const_data_ptr(),
+                                                                           gate_up.const_data_ptr(), dt, M, F,
+                                                                           launch.stream);
+                 }),
+                 op);
+  } else
+#endif
   parallel_rows(op, M, row_grain(2 * F), [&](int64_t begin, int64_t end) {
     return by_precision(dt, [&](auto tag) {
       return kernels::swiglu_backward<decltype(tag)>(d_gate_up.mutable_data_ptr(), dh_c.const_data_ptr(),
@@ -96,3 +123,11 @@ STABLE_TORCH_LIBRARY_IMPL(tpt, CPU, m) {
   m.impl("swiglu_backward", TORCH_BOX(&tpt::swiglu_backward));
   m.impl("swiglu_backward_", TORCH_BOX(&tpt::swiglu_backward_));
 }
+
+#ifdef TPT_WITH_CUDA
+STABLE_TORCH_LIBRARY_IMPL(tpt, CUDA, m) {
+  m.impl("swiglu", TORCH_BOX(&tpt::swiglu));
+  m.impl("swiglu_backward", TORCH_BOX(&tpt::swiglu_backward));
+  m.impl("swiglu_backward_", TORCH_BOX(&tpt::swiglu_backward_));
+}
+#endif

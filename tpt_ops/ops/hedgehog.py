@@ -197,7 +197,7 @@ def _step_setup_context(ctx, inputs, output) -> None:
 
 def _step_backward(ctx, dy: Tensor, dS_new: Tensor, dz_new: Tensor):
     phi_q, phi_k, v, S, z = ctx.saved_tensors
-    dy = torch.zeros((*phi_q.shape[:3], v.shape[-1]), dtype=phi_q.dtype) if dy is None else dy
+    dy = torch.zeros((*phi_q.shape[:3], v.shape[-1]), dtype=phi_q.dtype, device=phi_q.device) if dy is None else dy
     dS_new = torch.zeros_like(S) if dS_new is None else dS_new
     dz_new = torch.zeros_like(z) if dz_new is None else dz_new
     grads = linear_attention_step_vjp(dy, dS_new, dz_new, phi_q, phi_k, v, S, z, ctx.eps)

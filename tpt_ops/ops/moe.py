@@ -164,8 +164,8 @@ def moe_unpermute_vjp(dy: Tensor, out: Tensor, gates: Tensor, slots: Tensor) -> 
     d, o = dy.to(ct), out.to(ct)
     dgates = torch.where(kept, (d[:, None, :] * o[slots.clamp(min=0)]).sum(-1), zero)
     # the assignment t * k + j of each row, -1 for unused rows: kept slots are distinct rows
-    assignment = torch.full((out.shape[0],), -1, dtype=torch.int64)
-    assignment[slots[kept]] = torch.arange(M * k).reshape(M, k)[kept]
+    assignment = torch.full((out.shape[0],), -1, dtype=torch.int64, device=out.device)
+    assignment[slots[kept]] = torch.arange(M * k, device=out.device).reshape(M, k)[kept]
     pick = assignment.clamp(min=0)
     dout = torch.where((assignment >= 0)[:, None], gates.to(ct).reshape(-1)[pick][:, None] * d[pick // k], zero)
     return dout, dgates
