@@ -18,6 +18,8 @@ MOE_SLOTS = torch.tensor([[0, 4], [1, -1], [5, 2], [3, 6]])  # 4 tokens, k = 2, 
 MOE_TOKENS = torch.tensor([0, 1, 2, 3, 0, 2, 3, -1])
 HH_Q, HH_K, HH_V = torch.rand(2, 4, 5, 6), torch.rand(2, 2, 5, 6), torch.randn(2, 2, 5, 3)
 HH_S, HH_Z = torch.zeros(2, 2, 6, 3), torch.zeros(2, 2, 6)
+AT_Q, AT_K, AT_V = torch.randn(2, 4, 5, 8), torch.randn(2, 2, 5, 8), torch.randn(2, 2, 5, 8)
+AT_OUT, AT_LSE = torch.randn(2, 4, 5, 8), torch.randn(2, 4, 5)
 
 # (op, args): every rule of checks.h that a fake kernel can see (ids values it cannot)
 CASES = [
@@ -93,6 +95,24 @@ CASES = [
     ("linear_attention_step", (HH_Q, HH_K, HH_V, HH_S, HH_Z, 1e-12)),
     ("linear_attention_step", (HH_Q[:, :, :1], HH_K[:, :, :1], HH_V[:, :, :1], HH_S[..., :2], HH_Z, 1e-12)),
     ("linear_attention_step", (HH_Q[:, :, :1], HH_K[:, :, :1], HH_V[:, :, :1], HH_S, HH_Z[:, :1], 1e-12)),
+    ("causal_attention", (AT_Q[0], AT_K, AT_V, 0, 0.5)),
+    ("causal_attention", (AT_Q, AT_K, AT_V[:, :1], 0, 0.5)),
+    ("causal_attention", (AT_Q[:1], AT_K, AT_V, 0, 0.5)),
+    ("causal_attention", (AT_Q[..., :4], AT_K, AT_V, 0, 0.5)),
+    ("causal_attention", (AT_Q[:, :3], AT_K, AT_V, 0, 0.5)),
+    ("causal_attention", (AT_Q, AT_K[:, :, :4], AT_V[:, :, :4], 0, 0.5)),
+    ("causal_attention", (AT_Q, AT_K, AT_V, -1, 0.5)),
+    ("causal_attention", (AT_Q[:, :, :3], AT_K, AT_V, 3, 0.5)),
+    ("causal_attention", (AT_Q[:, :, :3], AT_K, AT_V, 1, 0.5)),
+    ("causal_attention", (AT_Q, AT_K, AT_V, 0, 0.0)),
+    ("causal_attention", (AT_Q, AT_K, AT_V, 0, math.nan)),
+    ("causal_attention", (AT_Q, AT_K, AT_V, 0, -math.inf)),
+    ("causal_attention", (AT_Q, AT_K.bfloat16(), AT_V, 0, 0.5)),
+    ("causal_attention", (AT_Q, AT_K, AT_V.double(), 0, 0.5)),
+    ("causal_attention", (AT_Q.int(), AT_K, AT_V, 0, 0.5)),
+    ("causal_attention_backward", (AT_OUT[..., :4], AT_Q, AT_K, AT_V, AT_OUT, AT_LSE, 0, 0.5)),
+    ("causal_attention_backward", (AT_OUT, AT_Q, AT_K, AT_V, AT_OUT[:, :2], AT_LSE, 0, 0.5)),
+    ("causal_attention_backward", (AT_OUT, AT_Q, AT_K, AT_V, AT_OUT, AT_LSE[..., :4], 0, 0.5)),
 ]
 
 
@@ -188,6 +208,14 @@ PAIRS = [
      (HH_Q[:, :3], HH_K, HH_V, True, 1e-12)),
     (tnp.linear_attention_forward, (HH_Q.numpy(), HH_K.numpy(), HH_V.numpy(), True, -1.0), "linear_attention",
      (HH_Q, HH_K, HH_V, True, -1.0)),
+    (tnp.causal_attention_forward, (AT_Q.numpy()[..., :4], AT_K.numpy(), AT_V.numpy()), "causal_attention",
+     (AT_Q[..., :4], AT_K, AT_V, 0, 0.5)),
+    (tnp.causal_attention_forward, (AT_Q.numpy()[:, :3], AT_K.numpy(), AT_V.numpy()), "causal_attention",
+     (AT_Q[:, :3], AT_K, AT_V, 0, 0.5)),
+    (tnp.causal_attention_forward, (AT_Q.numpy()[:, :, :3], AT_K.numpy(), AT_V.numpy(), 1), "causal_attention",
+     (AT_Q[:, :, :3], AT_K, AT_V, 1, 0.5)),
+    (tnp.causal_attention_forward, (AT_Q.numpy(), AT_K.numpy(), AT_V.numpy(), 0, math.nan), "causal_attention",
+     (AT_Q, AT_K, AT_V, 0, math.nan)),
 ]
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-FAMILIES = ("norm", "rotate", "horn", "block", "swiglu", "rope", "moe", "hedgehog")
+FAMILIES = ("norm", "rotate", "horn", "block", "swiglu", "rope", "moe", "hedgehog", "attention")
 # Where each family's pieces live (docs/README.md has the same table).
 FAMILY_FILES = ("docs/ops/{f}.md", "csrc/cpu/{f}.h", "csrc/cpu/{f}.c", "csrc/cpu/{f}.inc", "csrc/torch/{f}.cpp",
                 "csrc/numpy/{f}.c", "tpt_ops/ops/{f}.py", "tests/test_{f}.py", "benchmarks/bench_{f}.py")

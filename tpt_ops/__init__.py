@@ -10,6 +10,7 @@ saying how to build them.
 """
 from tpt_ops.ops import (add_norm, add_rotate_norm, horn_embedding, horn_inject, linear_swiglu, moe_permute,
                          moe_route, moe_unpermute, phase_rmsnorm, phase_rotate, qkv_rope, swiglu)
+from tpt_ops.ops import causal_attention
 from tpt_ops.ops import (hedgehog_feature_map, linear_attention, linear_attention_prefill,
                          linear_attention_step)
 
@@ -20,5 +21,6 @@ except ImportError:  # tpt_ops._np not built; `import tpt_ops.numpy` names the m
 
 __all__ = ["phase_rmsnorm", "phase_rotate", "horn_inject", "horn_embedding", "add_rotate_norm", "add_norm",
            "swiglu", "linear_swiglu", "qkv_rope", "moe_route", "moe_permute", "moe_unpermute",
-           "hedgehog_feature_map", "linear_attention", "linear_attention_prefill", "linear_attention_step"]
+           "hedgehog_feature_map", "linear_attention", "linear_attention_prefill", "linear_attention_step",
+           "causal_attention"]
 __version__ = "0.1.0"

@@ -17,6 +17,7 @@ ops': wrong dtypes raise ``TypeError``, wrong shapes or values (``eps``,
 from tpt_ops._np import (  # noqa: F401
     add_rotate_norm_backward,
     add_rotate_norm_forward,
+    causal_attention_forward,
     hedgehog_feature_map_forward,
     horn_embedding_backward,
     horn_embedding_forward,
@@ -76,4 +77,5 @@ __all__ = [
     "moe_unpermute_backward",
     "hedgehog_feature_map_forward",
     "linear_attention_forward",
+    "causal_attention_forward",
 ]

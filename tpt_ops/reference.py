@@ -279,3 +279,20 @@ def linear_attention_step(phi_q: Tensor, phi_k: Tensor, v: Tensor, S: Tensor, z:
     num = q @ _expand_kv(S_new, H)
     den = (q[:, :, 0] * _expand_kv(z_new, H)).sum(-1)[..., None, None] + eps
     return (num / den).to(phi_q.dtype), S_new, z_new
+
+
+# ---- causal softmax attention (docs/ops/attention.md) ----
+
+def causal_attention(q: Tensor, k: Tensor, v: Tensor, offset: int = 0, scale: float | None = None) -> Tensor:
+    """The quadratic form: softmax(scale q k^T, keys past each query's position masked) v.
+
+    q [B, H, T, hd], k and v [B, Hkv, Tk, hd] with Tk = offset + T (query i sits at position offset + i and
+    sees keys 0 .. offset + i) -> [B, H, T, hd] in q's dtype, computed in float32 (float64 for float64),
+    key/value heads repeated to the query heads. Materialises the [T, Tk] scores: a reference, not a kernel."""
+    ct = compute_dtype(q.dtype)
+    H, T, Tk = q.shape[1], q.shape[2], k.shape[2]
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    qc, kc, vc = q.to(ct), _expand_kv(k.to(ct), H), _expand_kv(v.to(ct), H)
+    visible = torch.arange(Tk, device=q.device)[None, :] <= torch.arange(offset, offset + T, device=q.device)[:, None]
+    scores = (qc @ kc.transpose(-1, -2) * scale).masked_fill(~visible, -math.inf)
+    return (torch.softmax(scores, -1) @ vc).to(q.dtype)

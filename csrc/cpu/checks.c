@@ -324,3 +324,44 @@ int tpt_check_one_token(char* msg, int64_t T) {
     if (T == 1) return 0;
     return fail(msg, "a decoding step takes one token (T=1), got T=%" PRId64, T);
 }
+
+int tpt_check_same_dtype(char* msg, const char* a_arg, const char* a_dtype, const char* b_arg, const char* b_dtype) {
+    if (!strcmp(a_dtype, b_dtype)) return 0;
+    return fail(msg, "arguments '%s' and '%s' must have one dtype, got %s and %s", a_arg, b_arg, a_dtype, b_dtype);
+}
+
+int tpt_check_attention(char* msg, tpt_shape q, tpt_shape k, tpt_shape v, int64_t offset) {
+    const char* names[3] = {"q", "k", "v"};
+    const char* layouts[3] = {"[B, H, T, hd]", "[B, Hkv, Tk, hd]", "[B, Hkv, Tk, hd]"};
+    const tpt_shape shapes[3] = {q, k, v};
+    char got[SHAPE_TEXT], ref[SHAPE_TEXT];
+    for (int i = 0; i < 3; i++)
+        if (shapes[i].ndim != 4)
+            return fail(msg, "argument '%s' must be 4-d %s, got %s", names[i], layouts[i], shape_text(got, shapes[i]));
+    if (!same_sizes(v, k))
+        return fail(msg, "argument 'v' must have the shape of k %s, got %s", shape_text(ref, k), shape_text(got, v));
+    if (q.sizes[0] != k.sizes[0])
+        return fail(msg, "q and k must have one batch size, got B=%" PRId64 " and B=%" PRId64, q.sizes[0],
+                    k.sizes[0]);
+    if (q.sizes[3] != k.sizes[3])
+        return fail(msg, "the head dims of q (%" PRId64 ") and k (%" PRId64 ") differ", q.sizes[3], k.sizes[3]);
+    const int64_t H = q.sizes[1], Hkv = k.sizes[1], T = q.sizes[2], Tk = k.sizes[2];
+    if (Hkv < 1 || H < 1 || H % Hkv)
+        return fail(msg, "the query heads (H=%" PRId64 ") must be a positive multiple of the key/value heads (Hkv=%"
+                    PRId64 ")", H, Hkv);
+    if (Tk < T)
+        return fail(msg, "k holds Tk=%" PRId64 " keys, fewer than the T=%" PRId64 " queries of q", Tk, T);
+    if (offset < 0 || offset > Tk - T)
+        return fail(msg, "offset=%" PRId64 " is out of range: queries at positions offset .. offset+T-1 need 0 <= "
+                    "offset <= Tk - T = %" PRId64, offset, Tk - T);
+    if (Tk != offset + T)
+        return fail(msg, "k must hold Tk = offset + T = %" PRId64 " keys (each query sees every key up to its own "
+                    "position), got Tk=%" PRId64, offset + T, Tk);
+    return 0;
+}
+
+int tpt_check_attention_scale(char* msg, double scale) {
+    if (isfinite(scale) && scale > 0) return 0;
+    if (isnan(scale)) return fail(msg, "scale must be finite and > 0, got nan");
+    return fail(msg, "scale must be finite and > 0, got %g", scale);
+}

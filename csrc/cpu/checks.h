@@ -143,6 +143,19 @@ int tpt_check_shape(char* msg, const char* arg, tpt_shape t, const char* names, 
 /* A decoding step takes one token: T = 1. */
 int tpt_check_one_token(char* msg, int64_t T);
 
+/* ---- attention ------------------------------------------------------------- */
+
+/* Arguments a and b have one dtype (the kernel reads them in one storage type). */
+int tpt_check_same_dtype(char* msg, const char* a_arg, const char* a_dtype, const char* b_arg, const char* b_dtype);
+
+/* q [B, H, T, hd], k and v [B, Hkv, Tk, hd]: 4-d each, v of k's shape, one B
+ * and head dim, H a positive multiple of Hkv, Tk >= T, 0 <= offset <= Tk - T
+ * and Tk = offset + T (query i at position offset + i sees keys 0 .. offset + i). */
+int tpt_check_attention(char* msg, tpt_shape q, tpt_shape k, tpt_shape v, int64_t offset);
+
+/* scale is finite and > 0. */
+int tpt_check_attention_scale(char* msg, double scale);
+
 #ifdef __cplusplus
 }
 #endif

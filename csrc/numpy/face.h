@@ -146,6 +146,7 @@ NP_DECLARE(moe_unpermute_forward);
 NP_DECLARE(moe_unpermute_backward);
 NP_DECLARE(hedgehog_feature_map_forward);
 NP_DECLARE(linear_attention_forward);
+NP_DECLARE(causal_attention_forward);
 #undef NP_DECLARE
 
 #endif

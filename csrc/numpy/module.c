@@ -44,6 +44,7 @@ static PyMethodDef methods[] = {
     METHOD(moe_unpermute_backward, "moe_unpermute_backward(dy, out, gates, slots, slot_token) -> (dout, dgates)"),
     METHOD(hedgehog_feature_map_forward, "hedgehog_feature_map_forward(u) -> phi"),
     METHOD(linear_attention_forward, "linear_attention_forward(phi_q, phi_k, v, causal=True, eps=1e-12) -> y"),
+    METHOD(causal_attention_forward, "causal_attention_forward(q, k, v, offset=0, scale=None) -> (out, lse)"),
     {NULL, NULL, 0, NULL},
 };
 

@@ -27,6 +27,7 @@
 
 #include "block.h"
 #include "hedgehog.h"
+#include "attention.h"
 #include "horn.h"
 #include "moe.h"
 #include "norm.h"
@@ -40,6 +41,9 @@ enum { ROPE_W = (ROPE_H + 2 * ROPE_HKV) * ROPE_HD };
 enum { MOE_E = 13, MOE_K = 3, MOE_A = M * MOE_K };
 static const double MOE_CAPACITY_FACTOR = 0.9, MOE_DAUX = 0.7, MOE_DZ = -0.3;
 enum { HH_B = 2, HH_H = 4, HH_HKV = 2, HH_T = 150, HH_F = 19, HH_K = 2 * HH_F, HH_DV = 21 };
+/* attention: queries at positions 30 .. 129 of 130 keys, a head dim that is not a multiple of 16 */
+enum { AT_B = 2, AT_H = 6, AT_HKV = 2, AT_T = 100, AT_OFFSET = 30, AT_TK = AT_OFFSET + AT_T, AT_HD = 24 };
+enum { AT_Q_ELEMS = AT_B * AT_H * AT_T * AT_HD, AT_K_ELEMS = AT_B * AT_HKV * AT_TK * AT_HD };
 enum { HH_Q_ROWS = HH_B * HH_H * HH_T, HH_K_ROWS = HH_B * HH_HKV * HH_T, HH_ROWS = HH_Q_ROWS + HH_K_ROWS };
 enum { N_THREADS = 3 };
 static const double EPS = 1e-6;
@@ -120,6 +124,8 @@ typedef struct {
     void *hh_y_causal, *hh_S, *hh_z, *hh_dy, *hh_dq_causal, *hh_dk_causal, *hh_dv_causal;
     void *hh_y_full, *hh_dq_full, *hh_dk_full, *hh_dv_full;
     void *hh_step_q, *hh_step_k, *hh_step_v, *hh_step_y, *hh_step_S, *hh_step_z;
+    /* attention: the backward reads the forward's out and lse */
+    void *at_q, *at_k, *at_v, *at_out, *at_lse, *at_dout, *at_dq, *at_dk, *at_dv;
 } Case;
 
 static Case make_case(tpt_dtype dt) {
@@ -245,6 +251,15 @@ static Case make_case(tpt_dtype dt) {
     c.hh_step_y = zeros(dt, HH_B * HH_H * HH_DV);
     c.hh_step_S = zeros(c.ct, HH_B * HH_HKV * HH_K * HH_DV);
     c.hh_step_z = zeros(c.ct, HH_B * HH_HKV * HH_K);
+    c.at_q = storage_array(dt, AT_Q_ELEMS, -2, 2);
+    c.at_k = storage_array(dt, AT_K_ELEMS, -2, 2);
+    c.at_v = storage_array(dt, AT_K_ELEMS, -1, 1);
+    c.at_out = zeros(dt, AT_Q_ELEMS);
+    c.at_lse = zeros(c.ct, AT_B * AT_H * AT_T);
+    c.at_dout = storage_array(dt, AT_Q_ELEMS, -1, 1);
+    c.at_dq = zeros(dt, AT_Q_ELEMS);
+    c.at_dk = zeros(dt, AT_K_ELEMS);
+    c.at_dv = zeros(dt, AT_K_ELEMS);
     return c;
 }
 
@@ -257,7 +272,8 @@ typedef enum {
     QKV_ROPE_FORWARD, QKV_ROPE_BACKWARD, MOE_ROUTE_FORWARD, MOE_ROUTE_BACKWARD, MOE_PERMUTE_FORWARD,
     MOE_PERMUTE_BACKWARD, MOE_UNPERMUTE_FORWARD, MOE_UNPERMUTE_BACKWARD, HEDGEHOG_FEATURE_MAP_FORWARD,
     HEDGEHOG_FEATURE_MAP_BACKWARD, LINEAR_ATTENTION_PREFILL, LINEAR_ATTENTION_CAUSAL_BACKWARD,
-    LINEAR_ATTENTION_NONCAUSAL_FORWARD, LINEAR_ATTENTION_NONCAUSAL_BACKWARD, LINEAR_ATTENTION_STEP, N_KERNELS
+    LINEAR_ATTENTION_NONCAUSAL_FORWARD, LINEAR_ATTENTION_NONCAUSAL_BACKWARD, LINEAR_ATTENTION_STEP, ATTENTION_FORWARD,
+    ATTENTION_BACKWARD, N_KERNELS
 } Kernel;
 
 static const char* const KERNEL_NAMES[N_KERNELS] = {
@@ -268,7 +284,8 @@ static const char* const KERNEL_NAMES[N_KERNELS] = {
     "moe_route_forward", "moe_route_backward", "moe_permute_forward", "moe_permute_backward",
     "moe_unpermute_forward", "moe_unpermute_backward", "hedgehog_feature_map_forward",
     "hedgehog_feature_map_backward", "linear_attention_prefill", "linear_attention_causal_backward",
-    "linear_attention_noncausal_forward", "linear_attention_noncausal_backward", "linear_attention_step"};
+    "linear_attention_noncausal_forward", "linear_attention_noncausal_backward", "linear_attention_step",
+    "causal_attention_forward", "causal_attention_backward"};
 
 /* Calls the float64 or the float32 kernel; parameters are void* here and
  * convert to either kernel's real*. */
@@ -283,7 +300,7 @@ static int is_block_kernel(Kernel k) {
 static int is_attention_kernel(Kernel k) {
     return k == LINEAR_ATTENTION_PREFILL || k == LINEAR_ATTENTION_CAUSAL_BACKWARD ||
            k == LINEAR_ATTENTION_NONCAUSAL_FORWARD || k == LINEAR_ATTENTION_NONCAUSAL_BACKWARD ||
-           k == LINEAR_ATTENTION_STEP;
+           k == LINEAR_ATTENTION_STEP || k == ATTENTION_FORWARD || k == ATTENTION_BACKWARD;
 }
 
 /* How many items (rows, row blocks, token chunks or attention tasks) the glue splits. */
@@ -291,6 +308,8 @@ static int64_t extent(const Case* c, Kernel k) {
     if (k == HORN_EMBEDDING_BACKWARD) return c->emb_n_chunks;
     if (is_block_kernel(k)) return tpt_num_row_blocks(M);
     if (k == LINEAR_ATTENTION_PREFILL || k == LINEAR_ATTENTION_NONCAUSAL_FORWARD) return HH_B * HH_H;
+    if (k == ATTENTION_FORWARD) return tpt_attention_forward_tasks(AT_B, AT_H, AT_T);
+    if (k == ATTENTION_BACKWARD) return AT_B * AT_HKV;
     if (is_attention_kernel(k)) return HH_B * HH_HKV;
     if (k == HEDGEHOG_FEATURE_MAP_FORWARD || k == HEDGEHOG_FEATURE_MAP_BACKWARD) return HH_ROWS;
     if (k == MOE_PERMUTE_FORWARD || k == MOE_UNPERMUTE_BACKWARD) return MOE_A;
@@ -405,6 +424,13 @@ static int run_range(Case* c, Kernel k, int64_t begin, int64_t end) {
     case LINEAR_ATTENTION_STEP: /* from the prefill's state */
         return CALL(c, linear_attention_step, c->hh_step_y, c->hh_step_S, c->hh_step_z, c->hh_step_q,
                     c->hh_step_k, c->hh_step_v, c->hh_S, c->hh_z, dt, begin, end, HH_H, HH_HKV, HH_K, HH_DV, EPS);
+    case ATTENTION_FORWARD:
+        return CALL(c, attention_forward, c->at_out, c->at_lse, c->at_q, c->at_k, c->at_v, dt, begin, end, AT_H,
+                    AT_HKV, AT_T, AT_TK, AT_HD, AT_TK * AT_HD, AT_OFFSET, 0.3);
+    case ATTENTION_BACKWARD:
+        return CALL(c, attention_backward, c->at_dq, c->at_dk, c->at_dv, c->at_dout, c->at_q, c->at_k, c->at_v,
+                    c->at_out, c->at_lse, dt, begin, end, AT_H, AT_HKV, AT_T, AT_TK, AT_HD, AT_TK * AT_HD,
+                    AT_OFFSET, 0.3);
     default:
         return -1;
     }
@@ -532,6 +558,11 @@ static uint64_t output_hash(const Case* c, Kernel k) {
         h = fnv1a(h, c->hh_step_y, HH_B * HH_H * HH_DV, dt);
         h = fnv1a(h, c->hh_step_S, HH_B * HH_HKV * HH_K * HH_DV, ct);
         return fnv1a(h, c->hh_step_z, HH_B * HH_HKV * HH_K, ct);
+    case ATTENTION_FORWARD: h = fnv1a(h, c->at_out, AT_Q_ELEMS, dt); return fnv1a(h, c->at_lse, AT_B * AT_H * AT_T, ct);
+    case ATTENTION_BACKWARD:
+        h = fnv1a(h, c->at_dq, AT_Q_ELEMS, dt);
+        h = fnv1a(h, c->at_dk, AT_K_ELEMS, dt);
+        return fnv1a(h, c->at_dv, AT_K_ELEMS, dt);
     default: return 0;
     }
 }

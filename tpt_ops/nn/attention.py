@@ -133,13 +133,15 @@ class GroupedQueryAttention(nn.Module):
     ``head_dim = d_model / n_q_heads``. RoPE (rotate-half) is applied to q and
     k (``backend="fused"``: the ``qkv_rope`` kernel splits the projection into
     heads, rotates q and k and writes them head-major in one pass); attention
-    is ``F.scaled_dot_product_attention`` with scale ``1/sqrt(head_dim)``.
+    is the ``causal_attention`` kernel (flash style, GQA without repeated keys/values,
+    KV-cache decoding through its ``offset``) with scale ``1/sqrt(head_dim)``.
     Layout checks: :func:`check_heads`.
 
     ``backend="reference"`` computes the same thing the way the paper's
     reference code does, as the baseline the fused path is measured against:
     three separate q, k, v matmuls (row blocks of ``qkv.weight``) and RoPE on
-    q and k separately in the textbook ``x*cos + rotate_half(x)*sin`` form.
+    q and k separately in the textbook ``x*cos + rotate_half(x)*sin`` form, and attention through
+    ``F.scaled_dot_product_attention``.
     """
 
     def __init__(self, d_model: int, n_q_heads: int, n_kv_heads: int, n_phases: int = 1,
@@ -183,6 +185,13 @@ class GroupedQueryAttention(nn.Module):
             k = apply_rotary_reference(F.linear(x, w_k).unflatten(-1, (Hkv, hd)), cos, sin)
             v = F.linear(x, w_v).unflatten(-1, (Hkv, hd))
             q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+        if self.backend == "fused":
+            offset = 0
+            if kv_cache is not None:  # queries at positions past .. past+T-1 over the past + T cached keys
+                offset = kv_cache.length
+                k, v = kv_cache.update(layer_idx, k, v)
+            out = ops_for(self.backend).causal_attention(q, k, v, offset=offset)
+            return self.o(out.transpose(1, 2).reshape(B, T, self.q_dim))
         mask, causal = None, True
         if kv_cache is not None:
             past = kv_cache.length

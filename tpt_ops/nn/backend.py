@@ -7,7 +7,7 @@ Every module of :mod:`tpt_ops.nn` that uses a 3PT op takes ``backend``:
 * ``"reference"`` the same-named functions of :mod:`tpt_ops.reference`
   (plain PyTorch, the ground truth and the "unfused" baseline).
 
-Both expose the same fifteen functions with the same signatures, so a model's
+Both expose the same sixteen functions with the same signatures, so a model's
 math, parameters and state_dict do not depend on the backend.
 """
 from __future__ import annotations
@@ -23,7 +23,8 @@ BACKENDS = ("fused", "reference")
 #: The functional ops a backend must provide (names and signatures of tpt_ops.reference).
 OP_NAMES = ("phase_rmsnorm", "phase_rotate", "horn_inject", "horn_embedding", "add_rotate_norm", "add_norm",
             "swiglu", "qkv_rope", "moe_route", "moe_permute", "moe_unpermute",
-            "hedgehog_feature_map", "linear_attention", "linear_attention_prefill", "linear_attention_step")
+            "hedgehog_feature_map", "linear_attention", "linear_attention_prefill", "linear_attention_step",
+            "causal_attention")
 
 _MODULES = {"fused": tpt_ops, "reference": tpt_ops.reference}
 
@@ -48,6 +49,7 @@ class Ops:
     linear_attention: Callable
     linear_attention_prefill: Callable
     linear_attention_step: Callable
+    causal_attention: Callable
 
 
 _CACHE: dict[str, Ops] = {}

@@ -1,7 +1,7 @@
 """The fused 3PT ops: functional API, autograd and fake kernels over ``torch.ops.tpt.*``.
 
 One module per family (``norm``, ``rotate``, ``horn``, ``block``, ``swiglu``,
-``rope``, ``moe``, ``hedgehog``) registers the Python side of the ops that ``tpt_ops._C`` defines
+``rope``, ``moe``, ``hedgehog``, ``attention``) registers the Python side of the ops that ``tpt_ops._C`` defines
 (:mod:`tpt_ops.ops._extension` loads it). Without the compiled extension the
 family modules are not imported and every function here raises an
 :class:`ImportError` that says how to build it.
@@ -14,7 +14,8 @@ from tpt_ops.ops._extension import LOAD_ERROR, missing_extension
 
 __all__ = ["phase_rmsnorm", "phase_rotate", "horn_inject", "horn_embedding", "add_rotate_norm", "add_norm",
            "swiglu", "qkv_rope", "linear_swiglu", "moe_route", "moe_permute", "moe_unpermute",
-           "hedgehog_feature_map", "linear_attention", "linear_attention_prefill", "linear_attention_step"]
+           "hedgehog_feature_map", "linear_attention", "linear_attention_prefill", "linear_attention_step",
+           "causal_attention"]
 
 
 def _needs_extension(name: str) -> Callable:
@@ -25,6 +26,7 @@ def _needs_extension(name: str) -> Callable:
 
 
 if LOAD_ERROR is None:
+    from tpt_ops.ops.attention import causal_attention
     from tpt_ops.ops.block import add_norm, add_rotate_norm
     from tpt_ops.ops.hedgehog import (hedgehog_feature_map, linear_attention, linear_attention_prefill,
                                       linear_attention_step)
@@ -51,3 +53,4 @@ else:
     linear_attention = _needs_extension("linear_attention")
     linear_attention_prefill = _needs_extension("linear_attention_prefill")
     linear_attention_step = _needs_extension("linear_attention_step")
+    causal_attention = _needs_extension("causal_attention")

@@ -201,3 +201,50 @@ def check_shape(op: str, arg: str, t: Tensor, names: str, sizes: tuple[int, ...]
 def check_one_token(op: str, T: int) -> None:
     if T != 1:
         fail(op, f"a decoding step takes one token (T=1), got T={T}")
+
+
+# ---- attention (csrc/cpu/checks.c: tpt_check_attention*, tpt_check_same_dtype) ----
+
+def check_same_dtype(op: str, a_arg: str, a: Tensor, b_arg: str, b: Tensor) -> None:
+    if a.dtype != b.dtype:
+        fail(op, f"arguments '{a_arg}' and '{b_arg}' must have one dtype, got {dtype_name(a.dtype)} and "
+                 f"{dtype_name(b.dtype)}")
+
+
+def check_attention(op: str, q: Tensor, k: Tensor, v: Tensor, offset: int) -> tuple[int, int, int, int, int, int]:
+    """(B, H, Hkv, T, Tk, hd) of q [B, H, T, hd], k and v [B, Hkv, Tk, hd] with Tk = offset + T."""
+    for arg, t in (("q", q), ("k", k), ("v", v)):
+        check_float(op, arg, t)
+    for arg, t in (("k", k), ("v", v)):
+        if t.device != q.device:
+            fail(op, f"argument '{arg}' is on a different device from the input")
+    check_same_dtype(op, "k", k, "q", q)
+    check_same_dtype(op, "v", v, "q", q)
+    for arg, t, layout in (("q", q, "[B, H, T, hd]"), ("k", k, "[B, Hkv, Tk, hd]"), ("v", v, "[B, Hkv, Tk, hd]")):
+        if t.dim() != 4:
+            fail(op, f"argument '{arg}' must be 4-d {layout}, got {list(t.shape)}")
+    if v.shape != k.shape:
+        fail(op, f"argument 'v' must have the shape of k {list(k.shape)}, got {list(v.shape)}")
+    if q.shape[0] != k.shape[0]:
+        fail(op, f"q and k must have one batch size, got B={q.shape[0]} and B={k.shape[0]}")
+    if q.shape[3] != k.shape[3]:
+        fail(op, f"the head dims of q ({q.shape[3]}) and k ({k.shape[3]}) differ")
+    B, H, T, hd = q.shape
+    Hkv, Tk = k.shape[1], k.shape[2]
+    if Hkv < 1 or H < 1 or H % Hkv:
+        fail(op, f"the query heads (H={H}) must be a positive multiple of the key/value heads (Hkv={Hkv})")
+    if Tk < T:
+        fail(op, f"k holds Tk={Tk} keys, fewer than the T={T} queries of q")
+    if offset < 0 or offset > Tk - T:
+        fail(op, f"offset={offset} is out of range: queries at positions offset .. offset+T-1 need 0 <= offset <= "
+                 f"Tk - T = {Tk - T}")
+    if Tk != offset + T:
+        fail(op, f"k must hold Tk = offset + T = {offset + T} keys (each query sees every key up to its own "
+                 f"position), got Tk={Tk}")
+    return B, H, Hkv, T, Tk, hd
+
+
+def check_attention_scale(op: str, scale: float) -> None:
+    """scale is finite and > 0 (formatted as C's %g, as the C rule does)."""
+    if not (math.isfinite(scale) and scale > 0):
+        fail(op, f"scale must be finite and > 0, got {scale:g}")
