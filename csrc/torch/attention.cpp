@@ -35,7 +35,7 @@ int64_t head_stride(const Tensor& t) {
 Dims check_attention(Tensor& q, Tensor& k, Tensor& v, int64_t offset, double scale, const char* op) {
   Dims d;
   d.dt = storage_dtype(q, op, "q");
-  check_cpu(q, op, "q");
+  check_device(q, op, "q");
   storage_dtype(k, op, "k");
   storage_dtype(v, op, "v");
   check_same_device(k, q, op, "k");
