@@ -126,7 +126,10 @@ Tensor horn_embedding_backward(Tensor dy, Tensor ids, int64_t vocab_size, int64_
     });
   });
   const int64_t* chunks = id_chunks.const_data_ptr<int64_t>();
-  parallel_rows(op, vocab_size, row_grain(D), [&](int64_t begin, int64_t end) {
+  // The combine reads about one row of partials per table row: a byte vocabulary's (~1 MB) is done on this
+  // thread, as a second round trip through the thread pool would cost more; large vocabularies are split.
+  const int64_t combine_grain = std::max<int64_t>(1, (int64_t{1} << 18) / std::max<int64_t>(D, 1));
+  parallel_rows(op, vocab_size, combine_grain, [&](int64_t begin, int64_t end) {
     return by_precision(dt, [&](auto tag) {
       using real = decltype(tag);
       return kernels::horn_embedding_backward_combine<real>(dtable.mutable_data_ptr(),
