@@ -42,13 +42,14 @@ PASSES = {"fwd": 4, "fwd+bwd": 8}
 @pytest.mark.parametrize("impl", ["tpt", "unfused", "eager", "compile"])
 @pytest.mark.parametrize("mode", PASSES)
 @pytest.mark.parametrize("op", OPS)
-def test_block(benchmark, record, op, impl, mode):
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["float32", "bfloat16"])
+def test_block(benchmark, record, op, impl, mode, dtype):
     grad = mode != "fwd"
-    h = torch.randn(M, D, requires_grad=grad)
-    a = torch.randn(M, D, requires_grad=grad)
+    h = torch.randn(M, D).to(dtype).requires_grad_(grad)
+    a = torch.randn(M, D).to(dtype).requires_grad_(grad)
     theta = torch.rand(D // N // 2, requires_grad=grad)
     w = torch.ones(D, requires_grad=grad)
     args = (h, a, theta, w) if op == "add_rotate_norm" else (h, a, w)
-    dy = (torch.randn(M, D), torch.randn(M, D))
-    bench_op(benchmark, record, (op, mode, "float32"), impl, OPS[op][impl], (*args, N), mode, dy,
-             PASSES[mode] * M * D * 4)
+    dy = (torch.randn(M, D).to(dtype), torch.randn(M, D).to(dtype))
+    bench_op(benchmark, record, (op, mode, str(dtype)[6:]), impl, OPS[op][impl], (*args, N), mode, dy,
+             PASSES[mode] * M * D * h.element_size())

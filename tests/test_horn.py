@@ -73,12 +73,12 @@ def test_embedding_parity(ids_shape, vocab, D, n, dtype, offset):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_embedding_gradient_of_a_dominant_id(dtype):
-    """A byte vocabulary where id 0 is 70% of 2000 tokens: its table row is summed in many 128-token chunks (id 1's
-    in one full and one partial chunk), combined in order: close to the exact sum, the same bits for 1, 2 and 3
-    threads, and the NumPy face's bits."""
+    """A byte vocabulary where id 0 is 70% of 2000 tokens: its tokens fill 10 of the 16 fixed 128-token blocks, and
+    id 1's (222) span three, so their rows are sums of several block partials combined in order: close to
+    the exact sum, the same bits for 1, 2 and 3 threads, and the NumPy face's bits."""
     gen = torch.Generator().manual_seed(3)
     ids = torch.where(torch.rand(4, 500, generator=gen) < 0.7, 0, torch.randint(2, 256, (4, 500), generator=gen))
-    ids.view(-1)[torch.arange(5, 2000, 9)] = 1  # 222 tokens: a full chunk and a partial one
+    ids.view(-1)[torch.arange(5, 2000, 9)] = 1
     table = torch.randn(256, 96, generator=gen).to(dtype).requires_grad_()
     runs = []
     for threads in (1, 2, 3):

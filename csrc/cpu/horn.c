@@ -21,14 +21,22 @@ void horn_embedding_group(int64_t* order, int64_t* id_offsets, const int64_t* id
 
 int64_t horn_embedding_max_chunks(int64_t n, int64_t V) { return tpt_num_row_blocks(n) + V; }
 
-int64_t horn_embedding_chunks(int64_t* chunk_begin, int64_t* id_chunks, const int64_t* id_offsets, int64_t V) {
+int64_t horn_embedding_chunks(int64_t* chunk_begin, int64_t* id_chunks, int64_t* block_chunks,
+                              const int64_t* id_offsets, int64_t V) {
     int64_t c = 0;
     for (int64_t v = 0; v < V; v++) {
         id_chunks[v] = c;
-        for (int64_t k = id_offsets[v]; k < id_offsets[v + 1]; k += TPT_ROW_BLOCK) chunk_begin[c++] = k;
+        for (int64_t k = id_offsets[v]; k < id_offsets[v + 1];) {
+            const int64_t block_end = (k / TPT_ROW_BLOCK + 1) * TPT_ROW_BLOCK;
+            /* every block's first position starts a chunk, so the blocks' chunk ranges tile the chunks */
+            if (k % TPT_ROW_BLOCK == 0) block_chunks[k / TPT_ROW_BLOCK] = c;
+            chunk_begin[c++] = k;
+            k = block_end < id_offsets[v + 1] ? block_end : id_offsets[v + 1];
+        }
     }
     id_chunks[V] = c;
     chunk_begin[c] = id_offsets[V];
+    block_chunks[tpt_num_row_blocks(id_offsets[V])] = c;
     return c;
 }
 

@@ -38,15 +38,20 @@ int horn_embedding_forward_f64(void* y, const int64_t* ids, const void* table, t
  * entries. This is what makes the table gradient deterministic. */
 void horn_embedding_group(int64_t* order, int64_t* id_offsets, const int64_t* ids, int64_t n, int64_t V);
 
-/* The table gradient's fixed partition of tokens: each id's tokens (in the
- * order of horn_embedding_group) cut into chunks of at most TPT_ROW_BLOCK, so
- * that a frequent id is summed by many tasks. Chunk c is the tokens
+/* The table gradient's fixed partition of tokens: the grouped tokens
+ * (order, from horn_embedding_group) are cut into blocks of TPT_ROW_BLOCK
+ * positions, the tasks, so every task has the same work whatever the ids'
+ * skew; where a block holds several ids, or an id spans blocks, it is cut
+ * again, into chunks of one id within one block. Chunk c is the tokens
  * order[chunk_begin[c] .. chunk_begin[c+1]); id v owns the chunks
- * id_chunks[v] .. id_chunks[v+1]-1 (none when v is unused). chunk_begin needs
- * horn_embedding_max_chunks(n, V) + 1 entries, id_chunks V+1. Returns the
- * number of chunks. The partition depends on the ids only, never on threads. */
+ * id_chunks[v] .. id_chunks[v+1]-1 (none when v is unused); block b holds the
+ * chunks block_chunks[b] .. block_chunks[b+1]-1. chunk_begin needs
+ * horn_embedding_max_chunks(n, V) + 1 entries, id_chunks V+1, block_chunks
+ * tpt_num_row_blocks(n) + 1. Returns the number of chunks. The partition
+ * depends on the ids only, never on threads. */
 int64_t horn_embedding_max_chunks(int64_t n, int64_t V);
-int64_t horn_embedding_chunks(int64_t* chunk_begin, int64_t* id_chunks, const int64_t* id_offsets, int64_t V);
+int64_t horn_embedding_chunks(int64_t* chunk_begin, int64_t* id_chunks, int64_t* block_chunks,
+                              const int64_t* id_offsets, int64_t V);
 
 /* partials[c] (D values) = sum over chunk c's tokens t, in token order, of
  * dy[t] - mean(dy[t]); chunks [chunk_first, chunk_last). */

@@ -33,16 +33,17 @@ static __global__ void SFX(horn_mean_kernel)(real* token_means, const void* dy, 
 }
 
 /* dtable[v, j] = sum of dy - mean(dy) over the tokens of id v, one thread a (v, j), in the C kernel's order:
- * the id's tokens in chunks of TPT_ROW_BLOCK (each chunk's sum starting from its first term), the chunk sums
- * added to 0 in chunk order (horn_embedding_backward and _combine in horn.inc). */
+ * the id's run of the grouped order cut at every multiple of TPT_ROW_BLOCK (horn_embedding_chunks in horn.c),
+ * each piece summed from its first term, the pieces added to 0 in order (horn_embedding_backward and _combine
+ * in horn.inc). */
 static __global__ void SFX(horn_table_grad_kernel)(void* dtable, const real* token_means, const void* dy,
                                                    const int64_t* order, const int64_t* id_offsets, tpt_dtype dt,
                                                    int64_t V, int64_t D) {
     TPT_FOR_EACH(idx, V * D) {
         const int64_t v = idx / D, j = idx % D;
         real acc = 0;
-        for (int64_t chunk = id_offsets[v]; chunk < id_offsets[v + 1]; chunk += TPT_ROW_BLOCK) {
-            const int64_t chunk_end = min(chunk + TPT_ROW_BLOCK, id_offsets[v + 1]);
+        for (int64_t chunk = id_offsets[v], chunk_end; chunk < id_offsets[v + 1]; chunk = chunk_end) {
+            chunk_end = min((chunk / TPT_ROW_BLOCK + 1) * TPT_ROW_BLOCK, id_offsets[v + 1]);
             int64_t t = order[chunk];
             real part = SFX(tpt_horn_centered)(SFX(tpt_load)(dy, dt, t * D + j), token_means[t]);
             for (int64_t n = chunk + 1; n < chunk_end; n++) {

@@ -99,14 +99,16 @@ NP_FUNCTION(horn_embedding_backward) {
     PyArrayObject* offsets = np_zeros(refs, 1, &n_offsets, NPY_INT64);
     PyArrayObject* chunk_begin = np_zeros(refs, 1, &n_chunk_begins, NPY_INT64);
     PyArrayObject* id_chunks = np_zeros(refs, 1, &n_offsets, NPY_INT64);
+    const npy_intp n_block_entries = tpt_num_row_blocks(M) + 1;
+    PyArrayObject* block_chunks = np_zeros(refs, 1, &n_block_entries, NPY_INT64);
     const tpt_dtype dt = np_dtype(dy);
     PyArrayObject* partials = np_zeros(refs, 2, partial_dims, dt == TPT_FLOAT64 ? NPY_FLOAT64 : NPY_FLOAT32);
-    if (!dtable || !order || !offsets || !chunk_begin || !id_chunks || !partials) return NULL;
+    if (!dtable || !order || !offsets || !chunk_begin || !id_chunks || !block_chunks || !partials) return NULL;
     int status;
     Py_BEGIN_ALLOW_THREADS
     horn_embedding_group(PyArray_DATA(order), PyArray_DATA(offsets), PyArray_DATA(ids), M, vocab_size);
     const int64_t n_chunks = horn_embedding_chunks(PyArray_DATA(chunk_begin), PyArray_DATA(id_chunks),
-                                                   PyArray_DATA(offsets), vocab_size);
+                                                   PyArray_DATA(block_chunks), PyArray_DATA(offsets), vocab_size);
     status = NP_BY_PRECISION(dt, horn_embedding_backward, PyArray_DATA(partials), PyArray_DATA(dy),
                              PyArray_DATA(order), PyArray_DATA(chunk_begin), dt, 0, n_chunks, D);
     if (status == TPT_OK)

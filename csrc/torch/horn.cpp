@@ -126,9 +126,9 @@ Tensor horn_embedding(Tensor ids, Tensor table, int64_t n_phases, int64_t offset
   return y;
 }
 
-// dtable [V, D] (dy's dtype): each row sums its tokens' dy - mean(dy) in token order, in chunks of at most
-// TPT_ROW_BLOCK tokens (spread over threads, so a frequent id is not one thread's work), the chunk partials
-// combined in chunk order.
+// dtable [V, D] (dy's dtype): each row sums its tokens' dy - mean(dy) in token order, in chunks that the
+// fixed TPT_ROW_BLOCK-token blocks of the grouped tokens cut (the blocks are the tasks, so a frequent id is
+// not one thread's work), the chunk partials combined in chunk order.
 Tensor horn_embedding_backward(Tensor dy, Tensor ids, int64_t vocab_size, int64_t n_phases) {
   const char* op = "horn_embedding_backward";
   const tpt_dtype dt = storage_dtype(dy, op, "dy");
@@ -165,21 +165,27 @@ Tensor horn_embedding_backward(Tensor dy, Tensor ids, int64_t vocab_size, int64_
 #endif
   Tensor chunk_begin = torch::stable::new_empty(ids, {horn_embedding_max_chunks(M, vocab_size) + 1});
   Tensor id_chunks = torch::stable::new_empty(ids, {vocab_size + 1});
-  const int64_t n_chunks = horn_embedding_chunks(chunk_begin.mutable_data_ptr<int64_t>(),
-                                                 id_chunks.mutable_data_ptr<int64_t>(),
-                                                 id_offsets.const_data_ptr<int64_t>(), vocab_size);
+  const int64_t n_blocks = tpt_num_row_blocks(M);
+  Tensor block_chunks = torch::stable::new_empty(ids, {n_blocks + 1});
+  const int64_t n_chunks = horn_embedding_chunks(
+      chunk_begin.mutable_data_ptr<int64_t>(), id_chunks.mutable_data_ptr<int64_t>(),
+      block_chunks.mutable_data_ptr<int64_t>(), id_offsets.const_data_ptr<int64_t>(), vocab_size);
   Tensor partials = torch::stable::new_empty(dy, {std::max<int64_t>(n_chunks, 1), D}, compute_type(dt));
   const int64_t* ord = order.const_data_ptr<int64_t>();
   const int64_t* begins = chunk_begin.const_data_ptr<int64_t>();
-  parallel_rows(op, n_chunks, 1, [&](int64_t begin, int64_t end) {
+  const int64_t* blocks = block_chunks.const_data_ptr<int64_t>();
+  parallel_rows(op, n_blocks, 1, [&](int64_t begin, int64_t end) {
     return by_precision(dt, [&](auto tag) {
       using real = decltype(tag);
       return kernels::horn_embedding_backward<real>(partials.mutable_data_ptr<real>(), dy.const_data_ptr(), ord,
-                                                    begins, dt, begin, end, D);
+                                                    begins, dt, blocks[begin], blocks[end], D);
     });
   });
   const int64_t* chunks = id_chunks.const_data_ptr<int64_t>();
-  parallel_rows(op, vocab_size, row_grain(D), [&](int64_t begin, int64_t end) {
+  // The combine reads about one row of partials per table row: a byte vocabulary's (~1 MB) is done on this
+  // thread, as a second round trip through the thread pool would cost more; large vocabularies are split.
+  const int64_t combine_grain = std::max<int64_t>(1, (int64_t{1} << 18) / std::max<int64_t>(D, 1));
+  parallel_rows(op, vocab_size, combine_grain, [&](int64_t begin, int64_t end) {
     return by_precision(dt, [&](auto tag) {
       using real = decltype(tag);
       return kernels::horn_embedding_backward_combine<real>(dtable.mutable_data_ptr(),

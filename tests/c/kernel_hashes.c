@@ -104,7 +104,7 @@ typedef struct {
     void *rot_x, *rot_theta, *rot_y, *rot_dy, *rot_dx, *rot_dth_partials, *rot_dth;
     /* horn */
     void *horn_x, *horn_y, *horn_dy, *horn_dx, *emb_table, *emb_y, *emb_dy, *emb_dtable;
-    int64_t *emb_ids, *emb_order, *emb_offsets, *emb_chunk_begin, *emb_id_chunks, emb_n_chunks;
+    int64_t *emb_ids, *emb_order, *emb_offsets, *emb_chunk_begin, *emb_id_chunks, *emb_block_chunks;
     void* emb_partials;
     /* block: h float-or-dt, a in a second dtype (autocast: bfloat16 branch on a float32 stream) */
     tpt_dtype blk_dt_a;
@@ -166,6 +166,7 @@ static Case make_case(tpt_dtype dt) {
     c.emb_offsets = checked_malloc((VOCAB + 1) * sizeof(int64_t));
     c.emb_chunk_begin = checked_malloc((horn_embedding_max_chunks(M, VOCAB) + 1) * sizeof(int64_t));
     c.emb_id_chunks = checked_malloc((VOCAB + 1) * sizeof(int64_t));
+    c.emb_block_chunks = checked_malloc((tpt_num_row_blocks(M) + 1) * sizeof(int64_t));
     c.emb_partials = zeros(c.ct, horn_embedding_max_chunks(M, VOCAB) * D);
 
     c.blk_dt_a = dt == TPT_FLOAT32 ? TPT_BFLOAT16 : dt;
@@ -293,7 +294,7 @@ static const char* const KERNEL_NAMES[N_KERNELS] = {
 
 static int is_block_kernel(Kernel k) {
     return k == NORM_BACKWARD || k == ROTATE_BACKWARD || k == ADD_ROTATE_NORM_BACKWARD || k == ADD_NORM_BACKWARD ||
-           k == MOE_ROUTE_FORWARD;
+           k == MOE_ROUTE_FORWARD || k == HORN_EMBEDDING_BACKWARD;
 }
 
 /* The attention kernels split over (b, h) tasks (the forwards) or (b, g) tasks (the backwards and the step). */
@@ -303,9 +304,8 @@ static int is_attention_kernel(Kernel k) {
            k == LINEAR_ATTENTION_STEP || k == ATTENTION_FORWARD || k == ATTENTION_BACKWARD;
 }
 
-/* How many items (rows, row blocks, token chunks or attention tasks) the glue splits. */
-static int64_t extent(const Case* c, Kernel k) {
-    if (k == HORN_EMBEDDING_BACKWARD) return c->emb_n_chunks;
+/* How many items (rows, row or token blocks, or attention tasks) the glue splits. */
+static int64_t extent(Kernel k) {
     if (is_block_kernel(k)) return tpt_num_row_blocks(M);
     if (k == LINEAR_ATTENTION_PREFILL || k == LINEAR_ATTENTION_NONCAUSAL_FORWARD) return HH_B * HH_H;
     if (k == ATTENTION_FORWARD) return tpt_attention_forward_tasks(AT_B, AT_H, AT_T);
@@ -364,7 +364,7 @@ static int run_range(Case* c, Kernel k, int64_t begin, int64_t end) {
         return CALL(c, horn_embedding_forward, c->emb_y, c->emb_ids, c->emb_table, dt, begin, end, T, D, OFFSET);
     case HORN_EMBEDDING_BACKWARD:
         return CALL(c, horn_embedding_backward, c->emb_partials, c->emb_dy, c->emb_order, c->emb_chunk_begin, dt,
-                    begin, end, D);
+                    c->emb_block_chunks[begin], c->emb_block_chunks[end], D);
     case ADD_ROTATE_NORM_FORWARD:
     case ADD_NORM_FORWARD:
         return CALL(c, add_rotate_norm_forward, c->blk_h_new, c->blk_normed, c->blk_rstd, c->blk_h, dt, c->blk_a,
@@ -441,7 +441,7 @@ static int run_range(Case* c, Kernel k, int64_t begin, int64_t end) {
 static void before(Case* c, Kernel k) {
     if (k == HORN_EMBEDDING_BACKWARD) {
         horn_embedding_group(c->emb_order, c->emb_offsets, c->emb_ids, M, VOCAB);
-        c->emb_n_chunks = horn_embedding_chunks(c->emb_chunk_begin, c->emb_id_chunks, c->emb_offsets, VOCAB);
+        horn_embedding_chunks(c->emb_chunk_begin, c->emb_id_chunks, c->emb_block_chunks, c->emb_offsets, VOCAB);
     }
     if (k == SWIGLU_BACKWARD_INPLACE)
         memcpy(c->sw_dgu_inplace, c->sw_gu, (size_t)(M * 2 * F * tpt_dtype_size(c->dt)));
@@ -586,7 +586,7 @@ static void* run_task(void* arg) {
 
 /* torch's parallel_for split of [0, n): min(threads, ceil(n / grain)) tasks of ceil(n / tasks) items. */
 static int parallel_rows(Case* c, Kernel k) {
-    const int64_t n = extent(c, k), g = grain(k);
+    const int64_t n = extent(k), g = grain(k);
     const int64_t max_tasks = (n + g - 1) / g;
     const int64_t tasks = max_tasks < N_THREADS ? max_tasks : N_THREADS;
     const int64_t chunk = (n + tasks - 1) / tasks;
@@ -623,7 +623,7 @@ int main(int argc, char** argv) {
         /* in enum order: every backward runs after the forward whose outputs it reads */
         for (Kernel k = 0; k < N_KERNELS; k++) {
             before(&c, k);
-            const int status = threaded ? parallel_rows(&c, k) : run_range(&c, k, 0, extent(&c, k));
+            const int status = threaded ? parallel_rows(&c, k) : run_range(&c, k, 0, extent(k));
             after(&c, k);
             if (status != TPT_OK) {
                 fprintf(stderr, "%s %s: status %d\n", KERNEL_NAMES[k], dtype_name(c.dt), status);
