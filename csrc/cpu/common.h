@@ -26,6 +26,16 @@
 #define TPT_MULTIVERSION
 #endif
 
+/* A helper of a TPT_MULTIVERSION kernel that does the kernel's heavy work:
+ * it has to be inlined into every clone, as a static function gcc chooses to
+ * keep out of line is compiled once, for the baseline ISA, and each clone
+ * would call that one. */
+#if defined(__GNUC__) && !defined(__CUDACC__)
+#define TPT_INLINE static inline __attribute__((always_inline))
+#else
+#define TPT_INLINE static inline
+#endif
+
 #ifdef __cplusplus
 extern "C" {
 #endif
