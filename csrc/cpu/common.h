@@ -26,10 +26,11 @@
 #define TPT_MULTIVERSION
 #endif
 
-/* A helper of a TPT_MULTIVERSION kernel that does the kernel's heavy work:
- * it has to be inlined into every clone, as a static function gcc chooses to
- * keep out of line is compiled once, for the baseline ISA, and each clone
- * would call that one. */
+/* A static helper of a TPT_MULTIVERSION kernel is compiled once, for the
+ * baseline ISA, wherever gcc keeps it out of line, and every clone calls that
+ * one. A helper that does heavy work is either TPT_INLINE (always inlined,
+ * so each clone gets its own copy) or TPT_MULTIVERSION itself (each clone
+ * calls the helper's clone of its own level directly). */
 #if defined(__GNUC__) && !defined(__CUDACC__)
 #define TPT_INLINE static inline __attribute__((always_inline))
 #else
