@@ -11,6 +11,9 @@
 
 #ifdef __CUDACC__
 #define TPT_HD __host__ __device__ __forceinline__
+#elif defined(__GNUC__)
+/* always inlined, so each TPT_MULTIVERSION clone gets its own copy (see TPT_INLINE) */
+#define TPT_HD static inline __attribute__((always_inline))
 #else
 #define TPT_HD static inline
 #endif
@@ -31,6 +34,17 @@
 #define TPT_MULTIVERSION __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
 #define TPT_MULTIVERSION
+#endif
+
+/* A static helper of a TPT_MULTIVERSION kernel is compiled once, for the
+ * baseline ISA, wherever gcc keeps it out of line, and every clone calls that
+ * one. A helper that does heavy work is either TPT_INLINE (always inlined,
+ * so each clone gets its own copy) or TPT_MULTIVERSION itself (each clone
+ * calls the helper's clone of its own level directly). */
+#if defined(__GNUC__) && !defined(__CUDACC__)
+#define TPT_INLINE static inline __attribute__((always_inline))
+#else
+#define TPT_INLINE static inline
 #endif
 
 #ifdef __cplusplus

@@ -53,14 +53,15 @@ int linear_attention_forward_f64(void* y, double* S_out, double* z_out, const vo
                                  int64_t Hkv, int64_t T, int64_t K, int64_t Dv, int causal, double eps);
 
 /* dq [B, H, T, K], dk [B, Hkv, T, K], dv [B, Hkv, T, Dv] (dt) from dy for the
- * (b, g) tasks [task_begin, task_end) of B * Hkv. Per query head of the group,
- * in head order: a forward pass over the chunks recomputes the state, num and
- * den, and gives a_i = dy_i / den_i, c_i = -(dy_i . y_i) / den_i and
+ * (b, g) tasks [task_begin, task_end) of B * Hkv. A forward pass over the
+ * chunks, with the state shared by the group's query heads, recomputes num and
+ * den per head and gives a_i = dy_i / den_i, c_i = -(dy_i . y_i) / den_i and
  *   dq_i = S_i a_i + c_i z_i;
- * a reverse pass carries R_j = sum_{i>=j} q_i a_i^T and r_j = sum_{i>=j} c_i q_i
- * and adds this head's
+ * it keeps only den_i and c_i. A reverse pass carries, per head,
+ * R_j = sum_{i>=j} q_i a_i^T and r_j = sum_{i>=j} c_i q_i and sums
  *   dk_j = R_j v_j + r_j,   dv_j = R_j^T k_j
- * to the group's float accumulators (sums over all i in the non-causal form). */
+ * over the group's heads in head order, chunk by chunk (sums over all i in
+ * the non-causal form). */
 int linear_attention_backward_f32(void* dq, void* dk, void* dv, const void* dy, const void* phi_q,
                                   const void* phi_k, const void* v, tpt_dtype dt, int64_t task_begin,
                                   int64_t task_end, int64_t H, int64_t Hkv, int64_t T, int64_t K, int64_t Dv,
