@@ -79,8 +79,6 @@ def _setup_context(ctx, inputs, output) -> None:
 
 def _backward(ctx, dout: Tensor, _dlse):
     q, k, v, out, lse = ctx.saved_tensors
-    if dout is None:
-        return None, None, None, None, None
     if torch.is_grad_enabled():  # create_graph=True: the gradient must itself be differentiable
         dq, dk, dv = causal_attention_vjp(dout, q, k, v, ctx.offset, ctx.scale)
         return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), None, None
