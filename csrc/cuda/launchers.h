@@ -34,6 +34,7 @@ int64_t tpt_cuda_moe_route_workspace(int64_t M, int64_t E, int64_t k);
 int64_t tpt_cuda_moe_route_backward_workspace(int64_t M, int64_t E);
 int64_t tpt_cuda_feature_map_workspace(int64_t rows, int64_t F, int backward);
 int64_t tpt_cuda_linear_attention_workspace(int64_t tasks, int64_t T, int64_t K, int64_t Dv, int backward);
+int64_t tpt_cuda_attention_backward_workspace(int64_t B, int64_t H, int64_t T);
 
 #define real float
 #define TPT_LAUNCHER(name) tpt_cuda_##name##_f32

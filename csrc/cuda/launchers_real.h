@@ -95,3 +95,13 @@ int TPT_LAUNCHER(linear_attention_step)(void* y, real* S_new, real* z_new, const
                                         const void* v, const real* S, const real* z, tpt_dtype dt, int64_t B,
                                         int64_t H, int64_t Hkv, int64_t K, int64_t Dv, double eps,
                                         cudaStream_t stream);
+
+/* attention.h over all B * H query heads (forward) and B * Hkv key/value heads (backward); delta is
+ * tpt_cuda_attention_backward_workspace(B, H, T) reals of workspace (D_i = dout_i . out_i). */
+int TPT_LAUNCHER(attention_forward)(void* out, real* lse, const void* q, const void* k, const void* v, tpt_dtype dt,
+                                    int64_t B, int64_t H, int64_t Hkv, int64_t T, int64_t Tk, int64_t hd,
+                                    int64_t kv_head_stride, int64_t offset, double scale, cudaStream_t stream);
+int TPT_LAUNCHER(attention_backward)(void* dq, void* dk, void* dv, real* delta, const void* dout, const void* q,
+                                     const void* k, const void* v, const void* out, const real* lse, tpt_dtype dt,
+                                     int64_t B, int64_t H, int64_t Hkv, int64_t T, int64_t Tk, int64_t hd,
+                                     int64_t kv_head_stride, int64_t offset, double scale, cudaStream_t stream);
