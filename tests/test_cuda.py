@@ -4,14 +4,17 @@ Every op runs on the same inputs on the CPU (the C kernels) and on the GPU (the 
 backward through autograd with the same output gradients. The CUDA kernels compute each element with the C
 kernels' arithmetic (the shared math headers, nvcc -fmad=false) and every sum in the C kernels' order, so the
 results must be the same bits; they must also be close to the plain-PyTorch references on the GPU in each dtype,
-and the same bits run to run."""
+and the same bits run to run. Causal attention is the exception: its CUDA tiles differ from the C kernel's, so it is
+held to the rounding bounds of its results (the section at the end)."""
+import math
+
 import pytest
 import torch
 
 import tpt_ops
 from tpt_ops import reference as ref
 
-from helpers import DTYPES, TOL
+from helpers import DTYPES, TOL, assert_close_to_exact
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device: the CUDA kernels are not run")
 
@@ -277,3 +280,108 @@ def test_cuda_model_trains_on_the_fused_backend():
     loss.backward()
     assert torch.isfinite(loss)
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+# ---- causal attention: other tiles than the C kernel's (attention.cuh), so its results within the rounding the
+# C kernel is held to (tests/test_attention.py's bounds), not its bits ----
+
+from test_attention import inputs as attention_qkv, magnitudes  # noqa: E402
+
+# name: (B, H, Hkv, T, hd, offset, kv read from a cache buffer's slice)
+ATTENTION_SHAPES = {
+    "gqa": (2, 4, 2, 150, 32, 0, False),  # query and key tails in both kernels' tiles
+    "mha_hd24": (1, 3, 3, 77, 24, 0, False),
+    "offset": (2, 6, 2, 40, 16, 110, False),  # 40 rows decoded over a 150-key cache
+    "decode_cache_slice": (2, 4, 1, 1, 64, 199, True),  # one row, k and v a [:, :, :Tk] slice of a longer buffer
+    "hd128": (1, 2, 1, 70, 128, 0, False),  # the largest tiles in shared memory
+}
+
+
+def attention_case(name, dtype):
+    B, H, Hkv, T, hd, offset, cache = ATTENTION_SHAPES[name]
+    q, k, v = attention_qkv(B=B, H=H, Hkv=Hkv, T=T, hd=hd, dtype=dtype, offset=offset, seed=len(name))
+    dout = torch.randn(B, H, T, hd, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    return q, k, v, dout.to(dtype), offset, cache
+
+
+def attention_run(name, dtype, device):
+    """(out, lse, dq, dk, dv) on the CPU from the op on `device`."""
+    q, k, v, dout, offset, cache = attention_case(name, dtype)
+    leaves = [t.to(device).requires_grad_() for t in (q, k, v)]
+    qd, kd, vd = leaves
+    if cache:  # the op reads k and v in place from a buffer with room for 9 more keys
+        room = lambda t: torch.cat([t, t.new_zeros(*t.shape[:2], 9, t.shape[3])], 2)[:, :, :t.shape[2]]
+        kd, vd = room(kd), room(vd)
+    out, lse = torch.ops.tpt.causal_attention(qd, kd, vd, offset, 1 / math.sqrt(q.shape[-1]))
+    out.backward(dout.to(device))
+    return [t.detach().cpu() for t in (out, lse, *(leaf.grad for leaf in leaves))]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("name", list(ATTENTION_SHAPES))
+def test_cuda_attention_matches_the_exact_result(name, dtype):
+    """out, dq, dk, dv on the GPU against the quadratic form in float64 from the same values, within the bounds
+    tests/test_attention.py holds the C kernel to; lse against the exact log-sum-exp."""
+    q, k, v, dout, offset, _ = attention_case(name, dtype)
+    out, lse, *grads = attention_run(name, dtype, CUDA)
+    scale = 1 / math.sqrt(q.shape[-1])
+    exact = [t.double().requires_grad_() for t in (q, k, v)]
+    out_exact = ref.causal_attention(*exact, offset=offset, scale=scale)
+    out_exact.backward(dout.double())
+    sizes, stored = magnitudes(dout.double(), q, k, v, offset, scale)
+    assert_close_to_exact(out, out_exact.detach(), scale=sizes[0], name="out")
+    for what, g, e, size, st in zip(("dq", "dk", "dv"), grads, exact, sizes[1:], (*stored, 0.0)):
+        assert g.dtype == dtype, what
+        assert_close_to_exact(g, e.grad, scale=size, stored=st, name=what)
+    H, Hkv, T, Tk = q.shape[1], k.shape[1], q.shape[2], k.shape[2]
+    scores = q.double() @ k.double().repeat_interleave(H // Hkv, 1).transpose(-1, -2) * scale
+    mask = torch.arange(Tk)[None, :] <= torch.arange(offset, offset + T)[:, None]
+    lse_exact = scores.masked_fill(~mask, -math.inf).logsumexp(-1)
+    score_size = (q.double().abs() @ k.double().abs().repeat_interleave(H // Hkv, 1).transpose(-1, -2) * scale)
+    assert_close_to_exact(lse, lse_exact, scale=score_size.amax(-1) + lse_exact.abs(), name="lse")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("name", list(ATTENTION_SHAPES))
+def test_cuda_attention_is_close_to_the_c_kernel(name, dtype):
+    """The GPU's results against the C kernel's on the same inputs: the two differ only by the rounding of their
+    different tilings, each within the bound of the exact result, so by at most the sum of the two bounds."""
+    q, k, v, dout, offset, _ = attention_case(name, dtype)
+    cuda, cpu = attention_run(name, dtype, CUDA), attention_run(name, dtype, "cpu")
+    sizes, stored = magnitudes(dout.double(), q, k, v, offset, 1 / math.sqrt(q.shape[-1]))
+    assert_close_to_exact(cuda[0], cpu[0].double(), scale=2 * sizes[0], name="out")
+    torch.testing.assert_close(cuda[1], cpu[1], **dict(zip(("rtol", "atol"), TOL[cpu[1].dtype])))
+    for what, g, c, size, st in zip(("dq", "dk", "dv"), cuda[2:], cpu[2:], sizes[1:], (*stored, 0.0)):
+        assert_close_to_exact(g, c.double(), scale=2 * size, stored=2 * st, name=what)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("name", ["gqa", "offset"])
+def test_cuda_attention_is_deterministic(name, dtype):
+    """Two runs on the GPU give the same bits: dk and dv summed by one thread each over the query heads and tiles
+    in order, no atomics."""
+    first, second = attention_run(name, dtype, CUDA), attention_run(name, dtype, CUDA)
+    assert_same_bits(first, second, f"attention {name}")
+
+
+def test_cuda_attention_gradcheck_and_compile():
+    """float64 gradcheck of the CUDA kernels, and torch.compile(fullgraph=True) giving the eager bits."""
+    q, k, v = (t.cuda().requires_grad_() for t in attention_qkv(B=1, H=4, Hkv=2, T=37, hd=4, dtype=torch.float64,
+                                                                 spread=1.0))
+    assert torch.autograd.gradcheck(lambda q, k, v: tpt_ops.causal_attention(q, k, v), (q, k, v))
+    assert torch.autograd.gradcheck(lambda q, k, v: tpt_ops.causal_attention(q, k, v, offset=30, scale=0.7),
+                                    (q[:, :, 30:].detach().requires_grad_(), k, v))
+    fn = lambda q, k, v: tpt_ops.causal_attention(q, k, v) * 2
+    inputs = [t.float() for t in attention_qkv(B=1, H=4, Hkv=2, T=80, hd=16)]
+    eager = run(fn, inputs, CUDA)
+    compiled = run(torch.compile(fn, fullgraph=True, dynamic=False), inputs, CUDA)
+    assert_same_bits(compiled[0], eager[0], "compiled attention output")
+    assert_same_bits(compiled[1], eager[1], "compiled attention gradient")
+
+
+def test_cuda_attention_bad_input_names_the_argument():
+    q, k, v = (t.cuda() for t in attention_qkv(T=8))
+    with pytest.raises(RuntimeError, match="tpt.causal_attention: .*'k' is on a different device"):
+        torch.ops.tpt.causal_attention(q, k.cpu(), v, 0, 0.25)
+    with pytest.raises(RuntimeError, match="tpt.causal_attention: offset=3 is out of range"):
+        torch.ops.tpt.causal_attention(q, k, v, 3, 0.25)

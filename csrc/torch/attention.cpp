@@ -10,6 +10,10 @@ namespace {
 namespace kernels {
 TPT_KERNEL_PAIR(attention_forward)
 TPT_KERNEL_PAIR(attention_backward)
+#ifdef TPT_WITH_CUDA
+TPT_KERNEL_PAIR(tpt_cuda_attention_forward)
+TPT_KERNEL_PAIR(tpt_cuda_attention_backward)
+#endif
 }  // namespace kernels
 
 constexpr const char* kAttention = "causal_attention";
@@ -63,6 +67,20 @@ std::tuple<Tensor, Tensor> causal_attention(Tensor q, Tensor k, Tensor v, int64_
   const Dims d = check_attention(q, k, v, offset, scale, kAttention);
   Tensor out = torch::stable::new_empty(q, {d.B, d.H, d.T, d.hd});
   Tensor lse = torch::stable::new_empty(q, {d.B, d.H, d.T}, compute_type(d.dt));
+#ifdef TPT_WITH_CUDA
+  if (q.is_cuda()) {
+    const CudaLaunch launch(q);
+    check_status(by_precision(d.dt, [&](auto tag) {
+                   using real = decltype(tag);
+                   return kernels::tpt_cuda_attention_forward<real>(
+                       out.mutable_data_ptr(), lse.mutable_data_ptr<real>(), q.const_data_ptr(), k.const_data_ptr(),
+                       v.const_data_ptr(), d.dt, d.B, d.H, d.Hkv, d.T, d.Tk, d.hd, d.kv_head_stride, offset, scale,
+                       launch.stream);
+                 }),
+                 kAttention);
+    return {out, lse};
+  }
+#endif
   parallel_rows(kAttention, tpt_attention_forward_tasks(d.B, d.H, d.T), 1, [&](int64_t begin, int64_t end) {
     return by_precision(d.dt, [&](auto tag) {
       using real = decltype(tag);
@@ -94,6 +112,23 @@ std::tuple<Tensor, Tensor, Tensor> causal_attention_backward(Tensor dout, Tensor
   Tensor dq = torch::stable::new_empty(q, {d.B, d.H, d.T, d.hd});
   Tensor dk = torch::stable::new_empty(q, {d.B, d.Hkv, d.Tk, d.hd});
   Tensor dv = torch::stable::new_empty(q, {d.B, d.Hkv, d.Tk, d.hd});
+#ifdef TPT_WITH_CUDA
+  if (q.is_cuda()) {
+    const CudaLaunch launch(q);
+    Tensor delta =
+        torch::stable::new_empty(q, {tpt_cuda_attention_backward_workspace(d.B, d.H, d.T)}, compute_type(d.dt));
+    check_status(by_precision(d.dt, [&](auto tag) {
+                   using real = decltype(tag);
+                   return kernels::tpt_cuda_attention_backward<real>(
+                       dq.mutable_data_ptr(), dk.mutable_data_ptr(), dv.mutable_data_ptr(),
+                       delta.mutable_data_ptr<real>(), dout.const_data_ptr(), q.const_data_ptr(), k.const_data_ptr(),
+                       v.const_data_ptr(), out.const_data_ptr(), lse.const_data_ptr<real>(), d.dt, d.B, d.H, d.Hkv,
+                       d.T, d.Tk, d.hd, d.kv_head_stride, offset, scale, launch.stream);
+                 }),
+                 op);
+    return {dq, dk, dv};
+  }
+#endif
   parallel_rows(op, d.B * d.Hkv, 1, [&](int64_t begin, int64_t end) {
     return by_precision(d.dt, [&](auto tag) {
       using real = decltype(tag);
@@ -120,3 +155,10 @@ STABLE_TORCH_LIBRARY_IMPL(tpt, CPU, m) {
   m.impl("causal_attention", TORCH_BOX(&tpt::causal_attention));
   m.impl("causal_attention_backward", TORCH_BOX(&tpt::causal_attention_backward));
 }
+
+#ifdef TPT_WITH_CUDA
+STABLE_TORCH_LIBRARY_IMPL(tpt, CUDA, m) {
+  m.impl("causal_attention", TORCH_BOX(&tpt::causal_attention));
+  m.impl("causal_attention_backward", TORCH_BOX(&tpt::causal_attention_backward));
+}
+#endif
