@@ -1,6 +1,7 @@
 """GPU benchmarks of the CUDA kernels: every op against its eager reference and torch.compile of that reference in
 the same run, and its minimum traffic against a device-to-device copy of buffers of the same size measured in that
-run. Buffers are larger than the GPU's L2 (at least 4x), so every pass reads and writes DRAM. Skipped without a GPU.
+run; causal softmax attention against flash SDPA, its eager reference and torch.compile at two GQA shapes. Buffers
+are larger than the GPU's L2 (at least 4x), so every pass reads and writes DRAM. Skipped without a GPU.
 
 Run by benchmarks/gpu_check.sh, or alone:  python benchmarks/bench_cuda.py --out DIR [--budget SECONDS]
 (under pytest, `make bench` runs it with the defaults and prints the table). Times are medians of CUDA-event
@@ -137,6 +138,42 @@ def attention_vs_sdpa(dtype, T=8192, B=2, H=12, F_=64, Dv=64):
     return result
 
 
+# (B, H, Hkv, T, hd) of the causal softmax attention rows: GQA at a training length and a long context.
+ATTENTION_SHAPES = [(8, 12, 4, 1024, 64), (2, 12, 4, 4096, 64)]
+
+
+def causal_attention_vs_flash(dtype, start, budget_s):
+    """tpt causal_attention (GQA) against flash SDPA on k, v repeated to the query heads (the same arithmetic; SDPA's
+    GQA path is not flash everywhere), the eager quadratic reference and torch.compile of it, forward and
+    forward + backward; compile (tens of seconds a graph) at the first shape only, skipped once budget_s has passed
+    since start."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    result = {}
+    for index, (B, H, Hkv, T, hd) in enumerate(ATTENTION_SHAPES):
+        make = lambda heads: (torch.randn(B, heads, T, hd, device="cuda") * 0.5).to(dtype).requires_grad_(True)
+        q, k, v = make(H), make(Hkv), make(Hkv)
+        expand = lambda t: t.detach().repeat_interleave(H // Hkv, 1).requires_grad_(True)
+        k_full, v_full = expand(k), expand(v)
+        dy = (torch.randn(B, H, T, hd, device="cuda").to(dtype),)
+
+        def flash(q, k, v):
+            with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+                return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        shape = f"B{B} H{H}/{Hkv} T{T} hd{hd}"
+        compiled = torch.compile(ref.causal_attention, dynamic=False)
+        for mode in ("fwd", "fwd+bwd"):
+            timed = {"tpt": (tpt_ops.causal_attention, (q, k, v)), "sdpa_flash": (flash, (q, k_full, v_full)),
+                     "eager": (ref.causal_attention, (q, k, v))}
+            if index == 0 and time.time() - start < budget_s:
+                timed["compile"] = (compiled, (q, k, v))
+            for name, (fn, args) in timed.items():
+                try:
+                    result[f"{shape} {mode} {name}"] = 1e3 * cuda_time(step(fn, args, mode, dy), repeats=5, warmup=2)
+                except Exception as exc:  # one baseline's failure must not lose the others' numbers
+                    result[f"{shape} {mode} {name}"] = f"{type(exc).__name__}: {exc}"[:300]
+    return result
+
+
 # torch.compile takes seconds to tens of seconds per graph, so it is the baseline where training runs: bfloat16,
 # forward + backward.
 COMPILE_ROWS = {("bfloat16", "fwd+bwd")}
@@ -177,8 +214,13 @@ def run_all(out_dir: pathlib.Path | None, budget_s: float = 300.0) -> list[dict]
         attention = {k: 1e3 * v for k, v in attention_vs_sdpa(torch.bfloat16).items()}
     except Exception as exc:
         attention = {"error": f"{type(exc).__name__}: {exc}"[:500]}
+    try:
+        softmax_attention = causal_attention_vs_flash(torch.bfloat16, start, budget_s)
+    except Exception as exc:
+        softmax_attention = {"error": f"{type(exc).__name__}: {exc}"[:500]}
     summary = {"gpu": props.name, "l2_bytes": l2, "copy_bytes_per_s": copy, "torch": torch.__version__,
-               "rows": rows, "attention_T8192_bf16_ms": attention, "seconds": time.time() - start}
+               "rows": rows, "attention_T8192_bf16_ms": attention, "causal_attention_bf16_ms": softmax_attention,
+               "seconds": time.time() - start}
     if out_dir:
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "bench_cuda.json").write_text(json.dumps(summary, indent=1))
@@ -203,6 +245,10 @@ def table(summary: dict) -> list[str]:
                      f"{x_e:.2f} | {fmt(r.get('compile_ms'))} | {'' if x_c is None else f'{x_c:.2f}'} | "
                      f"{100 * r['copy_fraction']:.0f}% |")
     lines += ["", f"Hedgehog causal linear attention vs flash SDPA, T=8192, bf16 (ms): {summary['attention_T8192_bf16_ms']}"]
+    lines += ["", "Causal softmax attention, bf16 (ms): tpt vs flash SDPA, eager reference, torch.compile", "",
+              "| shape, mode, implementation | ms |", "|---|---|"]
+    lines += [f"| {key} | {fmt(v) if isinstance(v, float) else v} |"
+              for key, v in summary["causal_attention_bf16_ms"].items()]
     return lines
 
 
