@@ -2,7 +2,7 @@
  * is for a C .inc: a family's .cu defines TPT_PRECISION (32: float32, bfloat16
  * and float16 storage; 64: float64) and includes its .cuh twice; the .cuh
  * includes this first, then the family's math header from csrc/cpu. It
- * (re)defines `real`, SFX(), SIGMOID and TPT_LANES as real.h does, and the
+ * (re)defines `real`, SFX(), SIGMOID, FMA and TPT_LANES as real.h does, and the
  * device-side row access: element loads/stores with the storage conversion
  * of common.h, and TPT_LANE_SUM, the row reduction in the C kernels' order.
  * No include guard on purpose. */
@@ -11,6 +11,7 @@
 #undef real
 #undef SFX
 #undef SIGMOID
+#undef FMA
 #undef TPT_LAUNCHER_NAME
 /* the launcher of launchers.h for this precision: tpt_cuda_<name>_f32 or _f64 */
 #define TPT_LAUNCHER_NAME(name) SFX(tpt_cuda_##name)
@@ -18,10 +19,12 @@
 #define real float
 #define SFX(name) name##_f32
 #define SIGMOID tpt_sigmoid_f32
+#define FMA tpt_fmaf
 #elif TPT_PRECISION == 64
 #define real double
 #define SFX(name) name##_f64
 #define SIGMOID tpt_sigmoid_f64
+#define FMA tpt_fma
 #else
 #error "define TPT_PRECISION as 32 or 64 before including real.cuh"
 #endif
