@@ -70,6 +70,18 @@ TPT_HD int64_t tpt_num_row_blocks(int64_t rows) { return (rows + TPT_ROW_BLOCK -
 TPT_HD float tpt_bits_to_float(uint32_t u) { float f; memcpy(&f, &u, 4); return f; }
 TPT_HD uint32_t tpt_float_to_bits(float f) { uint32_t u; memcpy(&u, &f, 4); return u; }
 
+/* a * b + c with one rounding. Explicit fma is allowed where implicit contraction is not (-ffp-contract=off):
+ * it is correctly rounded by definition, so it gives the same bits on every dispatch target. The x86-64-v3/v4
+ * clones compile it to vfmadd (vectorised), the baseline clone calls libm's exact fmaf/fma, CUDA its fmaf/fma.
+ * A sum of such terms stays deterministic as long as its order is fixed. */
+#ifdef __CUDACC__
+TPT_HD float tpt_fmaf(float a, float b, float c) { return fmaf(a, b, c); }
+TPT_HD double tpt_fma(double a, double b, double c) { return fma(a, b, c); }
+#else
+TPT_HD float tpt_fmaf(float a, float b, float c) { return __builtin_fmaf(a, b, c); }
+TPT_HD double tpt_fma(double a, double b, double c) { return __builtin_fma(a, b, c); }
+#endif
+
 /* bfloat16 is the top half of a float32. */
 TPT_HD float tpt_bf16_to_float(uint16_t h) { return tpt_bits_to_float((uint32_t)h << 16); }
 

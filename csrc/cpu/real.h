@@ -3,8 +3,8 @@
  * Each family's .c includes its .inc twice, once with TPT_PRECISION 32 (for
  * float32, bfloat16 and float16 storage) and once with TPT_PRECISION 64 (for
  * float64). The .inc includes this header first, which (re)defines `real`,
- * the SFX() name suffix, row helpers and SIGMOID (plain arithmetic, the same bits on every CPU) for
- * that precision. One kernel
+ * the SFX() name suffix, row helpers, SIGMOID (plain arithmetic, the same bits on every CPU) and FMA
+ * (common.h's explicit fused multiply-add) for that precision. One kernel
  * source, two precisions, no copies. No include guard on purpose. */
 #include "common.h"
 #include <tgmath.h>
@@ -15,6 +15,7 @@
 #undef ROW_BUF
 #undef ROW_OUT
 #undef SIGMOID
+#undef FMA
 #if TPT_PRECISION == 32
 #define real float
 #define SFX(name) name##_f32
@@ -22,6 +23,7 @@
 #define ROW_BUF tpt_row_buf_f32
 #define ROW_OUT tpt_row_out_f32
 #define SIGMOID tpt_sigmoid_f32
+#define FMA tpt_fmaf
 #elif TPT_PRECISION == 64
 #define real double
 #define SFX(name) name##_f64
@@ -29,6 +31,7 @@
 #define ROW_BUF tpt_row_buf_f64
 #define ROW_OUT tpt_row_out_f64
 #define SIGMOID tpt_sigmoid_f64
+#define FMA tpt_fma
 #else
 #error "define TPT_PRECISION as 32 or 64 before including real.h"
 #endif
