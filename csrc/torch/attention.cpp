@@ -151,14 +151,11 @@ STABLE_TORCH_LIBRARY_FRAGMENT(tpt, m) {
         "float scale) -> (Tensor, Tensor, Tensor)");
 }
 
-STABLE_TORCH_LIBRARY_IMPL(tpt, CPU, m) {
+namespace {
+void register_attention(torch::stable::detail::StableLibrary& m) {
   m.impl("causal_attention", TORCH_BOX(&tpt::causal_attention));
   m.impl("causal_attention_backward", TORCH_BOX(&tpt::causal_attention_backward));
 }
+}  // namespace
 
-#ifdef TPT_WITH_CUDA
-STABLE_TORCH_LIBRARY_IMPL(tpt, CUDA, m) {
-  m.impl("causal_attention", TORCH_BOX(&tpt::causal_attention));
-  m.impl("causal_attention_backward", TORCH_BOX(&tpt::causal_attention_backward));
-}
-#endif
+TPT_REGISTER_IMPLS(register_attention)

@@ -177,18 +177,13 @@ STABLE_TORCH_LIBRARY_FRAGMENT(tpt, m) {
         "-> (Tensor, Tensor)");
 }
 
-STABLE_TORCH_LIBRARY_IMPL(tpt, CPU, m) {
+namespace {
+void register_block(torch::stable::detail::StableLibrary& m) {
   m.impl("add_rotate_norm", TORCH_BOX(&tpt::add_rotate_norm));
   m.impl("add_rotate_norm_backward", TORCH_BOX(&tpt::add_rotate_norm_backward));
   m.impl("add_norm", TORCH_BOX(&tpt::add_norm));
   m.impl("add_norm_backward", TORCH_BOX(&tpt::add_norm_backward));
 }
+}  // namespace
 
-#ifdef TPT_WITH_CUDA
-STABLE_TORCH_LIBRARY_IMPL(tpt, CUDA, m) {
-  m.impl("add_rotate_norm", TORCH_BOX(&tpt::add_rotate_norm));
-  m.impl("add_rotate_norm_backward", TORCH_BOX(&tpt::add_rotate_norm_backward));
-  m.impl("add_norm", TORCH_BOX(&tpt::add_norm));
-  m.impl("add_norm_backward", TORCH_BOX(&tpt::add_norm_backward));
-}
-#endif
+TPT_REGISTER_IMPLS(register_block)

@@ -270,3 +270,15 @@ inline Tensor sum_partials(const Tensor& partials, ScalarType out_type) {
 }
 
 }  // namespace tpt
+
+// Registers a family's kernels for each device it has kernels for, from one list: `impls` is a function
+// void(torch::stable::detail::StableLibrary&) holding the family's m.impl calls, the same functions for
+// CPU and CUDA tensors (each dispatches on its inputs' device). One list, so no op is left out of a device.
+#ifdef TPT_WITH_CUDA
+#define TPT_REGISTER_IMPLS(impls)                      \
+  STABLE_TORCH_LIBRARY_IMPL(tpt, CPU, m) { impls(m); } \
+  STABLE_TORCH_LIBRARY_IMPL(tpt, CUDA, m) { impls(m); }
+#else
+#define TPT_REGISTER_IMPLS(impls) \
+  STABLE_TORCH_LIBRARY_IMPL(tpt, CPU, m) { impls(m); }
+#endif

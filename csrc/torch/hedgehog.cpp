@@ -270,7 +270,8 @@ STABLE_TORCH_LIBRARY_FRAGMENT(tpt, m) {
         "(Tensor, Tensor, Tensor)");
 }
 
-STABLE_TORCH_LIBRARY_IMPL(tpt, CPU, m) {
+namespace {
+void register_hedgehog(torch::stable::detail::StableLibrary& m) {
   m.impl("hedgehog_feature_map", TORCH_BOX(&tpt::hedgehog_feature_map));
   m.impl("hedgehog_feature_map_backward", TORCH_BOX(&tpt::hedgehog_feature_map_backward));
   m.impl("linear_attention", TORCH_BOX(&tpt::linear_attention));
@@ -278,14 +279,6 @@ STABLE_TORCH_LIBRARY_IMPL(tpt, CPU, m) {
   m.impl("linear_attention_backward", TORCH_BOX(&tpt::linear_attention_backward));
   m.impl("linear_attention_step", TORCH_BOX(&tpt::linear_attention_step));
 }
+}  // namespace
 
-#ifdef TPT_WITH_CUDA
-STABLE_TORCH_LIBRARY_IMPL(tpt, CUDA, m) {
-  m.impl("hedgehog_feature_map", TORCH_BOX(&tpt::hedgehog_feature_map));
-  m.impl("hedgehog_feature_map_backward", TORCH_BOX(&tpt::hedgehog_feature_map_backward));
-  m.impl("linear_attention", TORCH_BOX(&tpt::linear_attention));
-  m.impl("linear_attention_prefill", TORCH_BOX(&tpt::linear_attention_prefill));
-  m.impl("linear_attention_backward", TORCH_BOX(&tpt::linear_attention_backward));
-  m.impl("linear_attention_step", TORCH_BOX(&tpt::linear_attention_step));
-}
-#endif
+TPT_REGISTER_IMPLS(register_hedgehog)

@@ -205,18 +205,13 @@ STABLE_TORCH_LIBRARY_FRAGMENT(tpt, m) {
   m.def("horn_embedding_backward(Tensor dy, Tensor ids, int vocab_size, int n_phases) -> Tensor");
 }
 
-STABLE_TORCH_LIBRARY_IMPL(tpt, CPU, m) {
+namespace {
+void register_horn(torch::stable::detail::StableLibrary& m) {
   m.impl("horn_inject", TORCH_BOX(&tpt::horn_inject));
   m.impl("horn_inject_backward", TORCH_BOX(&tpt::horn_inject_backward));
   m.impl("horn_embedding", TORCH_BOX(&tpt::horn_embedding));
   m.impl("horn_embedding_backward", TORCH_BOX(&tpt::horn_embedding_backward));
 }
+}  // namespace
 
-#ifdef TPT_WITH_CUDA
-STABLE_TORCH_LIBRARY_IMPL(tpt, CUDA, m) {
-  m.impl("horn_inject", TORCH_BOX(&tpt::horn_inject));
-  m.impl("horn_inject_backward", TORCH_BOX(&tpt::horn_inject_backward));
-  m.impl("horn_embedding", TORCH_BOX(&tpt::horn_embedding));
-  m.impl("horn_embedding_backward", TORCH_BOX(&tpt::horn_embedding_backward));
-}
-#endif
+TPT_REGISTER_IMPLS(register_horn)

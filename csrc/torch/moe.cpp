@@ -398,7 +398,8 @@ STABLE_TORCH_LIBRARY_FRAGMENT(tpt, m) {
         "(Tensor, Tensor)");
 }
 
-STABLE_TORCH_LIBRARY_IMPL(tpt, CPU, m) {
+namespace {
+void register_moe(torch::stable::detail::StableLibrary& m) {
   m.impl("moe_route", TORCH_BOX(&tpt::moe_route));
   m.impl("moe_route_backward", TORCH_BOX(&tpt::moe_route_backward));
   m.impl("moe_permute", TORCH_BOX(&tpt::moe_permute));
@@ -406,14 +407,6 @@ STABLE_TORCH_LIBRARY_IMPL(tpt, CPU, m) {
   m.impl("moe_unpermute", TORCH_BOX(&tpt::moe_unpermute));
   m.impl("moe_unpermute_backward", TORCH_BOX(&tpt::moe_unpermute_backward));
 }
+}  // namespace
 
-#ifdef TPT_WITH_CUDA
-STABLE_TORCH_LIBRARY_IMPL(tpt, CUDA, m) {
-  m.impl("moe_route", TORCH_BOX(&tpt::moe_route));
-  m.impl("moe_route_backward", TORCH_BOX(&tpt::moe_route_backward));
-  m.impl("moe_permute", TORCH_BOX(&tpt::moe_permute));
-  m.impl("moe_permute_backward", TORCH_BOX(&tpt::moe_permute_backward));
-  m.impl("moe_unpermute", TORCH_BOX(&tpt::moe_unpermute));
-  m.impl("moe_unpermute_backward", TORCH_BOX(&tpt::moe_unpermute_backward));
-}
-#endif
+TPT_REGISTER_IMPLS(register_moe)

@@ -106,14 +106,11 @@ STABLE_TORCH_LIBRARY_FRAGMENT(tpt, m) {
   m.def("phase_rmsnorm_backward(Tensor dy, Tensor x, Tensor weight, Tensor rstd, int n_phases) -> (Tensor, Tensor)");
 }
 
-STABLE_TORCH_LIBRARY_IMPL(tpt, CPU, m) {
+namespace {
+void register_norm(torch::stable::detail::StableLibrary& m) {
   m.impl("phase_rmsnorm", TORCH_BOX(&tpt::phase_rmsnorm));
   m.impl("phase_rmsnorm_backward", TORCH_BOX(&tpt::phase_rmsnorm_backward));
 }
+}  // namespace
 
-#ifdef TPT_WITH_CUDA
-STABLE_TORCH_LIBRARY_IMPL(tpt, CUDA, m) {
-  m.impl("phase_rmsnorm", TORCH_BOX(&tpt::phase_rmsnorm));
-  m.impl("phase_rmsnorm_backward", TORCH_BOX(&tpt::phase_rmsnorm_backward));
-}
-#endif
+TPT_REGISTER_IMPLS(register_norm)

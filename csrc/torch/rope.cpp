@@ -134,14 +134,11 @@ STABLE_TORCH_LIBRARY_FRAGMENT(tpt, m) {
         "int n_kv_heads) -> Tensor");
 }
 
-STABLE_TORCH_LIBRARY_IMPL(tpt, CPU, m) {
+namespace {
+void register_rope(torch::stable::detail::StableLibrary& m) {
   m.impl("qkv_rope", TORCH_BOX(&tpt::qkv_rope));
   m.impl("qkv_rope_backward", TORCH_BOX(&tpt::qkv_rope_backward));
 }
+}  // namespace
 
-#ifdef TPT_WITH_CUDA
-STABLE_TORCH_LIBRARY_IMPL(tpt, CUDA, m) {
-  m.impl("qkv_rope", TORCH_BOX(&tpt::qkv_rope));
-  m.impl("qkv_rope_backward", TORCH_BOX(&tpt::qkv_rope_backward));
-}
-#endif
+TPT_REGISTER_IMPLS(register_rope)

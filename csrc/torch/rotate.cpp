@@ -109,14 +109,11 @@ STABLE_TORCH_LIBRARY_FRAGMENT(tpt, m) {
   m.def("phase_rotate_backward(Tensor dy, Tensor y, Tensor theta, int n_phases) -> (Tensor, Tensor)");
 }
 
-STABLE_TORCH_LIBRARY_IMPL(tpt, CPU, m) {
+namespace {
+void register_rotate(torch::stable::detail::StableLibrary& m) {
   m.impl("phase_rotate", TORCH_BOX(&tpt::phase_rotate));
   m.impl("phase_rotate_backward", TORCH_BOX(&tpt::phase_rotate_backward));
 }
+}  // namespace
 
-#ifdef TPT_WITH_CUDA
-STABLE_TORCH_LIBRARY_IMPL(tpt, CUDA, m) {
-  m.impl("phase_rotate", TORCH_BOX(&tpt::phase_rotate));
-  m.impl("phase_rotate_backward", TORCH_BOX(&tpt::phase_rotate_backward));
-}
-#endif
+TPT_REGISTER_IMPLS(register_rotate)

@@ -118,16 +118,12 @@ STABLE_TORCH_LIBRARY_FRAGMENT(tpt, m) {
   m.def("swiglu_backward_(Tensor dh, Tensor(a!) gate_up) -> ()");
 }
 
-STABLE_TORCH_LIBRARY_IMPL(tpt, CPU, m) {
+namespace {
+void register_swiglu(torch::stable::detail::StableLibrary& m) {
   m.impl("swiglu", TORCH_BOX(&tpt::swiglu));
   m.impl("swiglu_backward", TORCH_BOX(&tpt::swiglu_backward));
   m.impl("swiglu_backward_", TORCH_BOX(&tpt::swiglu_backward_));
 }
+}  // namespace
 
-#ifdef TPT_WITH_CUDA
-STABLE_TORCH_LIBRARY_IMPL(tpt, CUDA, m) {
-  m.impl("swiglu", TORCH_BOX(&tpt::swiglu));
-  m.impl("swiglu_backward", TORCH_BOX(&tpt::swiglu_backward));
-  m.impl("swiglu_backward_", TORCH_BOX(&tpt::swiglu_backward_));
-}
-#endif
+TPT_REGISTER_IMPLS(register_swiglu)
