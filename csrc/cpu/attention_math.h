@@ -1,9 +1,8 @@
 /* The per-element arithmetic of causal flash attention, for the C kernels
  * (attention.inc) and the CUDA kernels (csrc/cuda/attention.cuh): the score's
- * probability from a running maximum or the saved lse (exp_math.h's exp), the
+ * probability from a running maximum or the saved lse (common.h's tpt_exp_nonpos), the
  * score gradient and the log of the softmax denominator. A per-precision
  * math header (csrc/README.md). */
-#include "exp_math.h"
 
 #if (TPT_PRECISION == 32 && !defined(TPT_ATTENTION_MATH_32)) || (TPT_PRECISION == 64 && !defined(TPT_ATTENTION_MATH_64))
 #if TPT_PRECISION == 32
@@ -13,7 +12,7 @@
 #endif
 
 /* log x for 1 <= x < inf (a softmax denominator: its largest term is exp(0)) in
- * plain arithmetic, as exp_math.h's exp: libm's log is picked per CPU.
+ * plain arithmetic, as common.h's exp: libm's log is picked per CPU.
  * x = 2^e m with m in [sqrt(1/2), sqrt(2)), log m = 2 atanh(u) with
  * u = (m - 1) / (m + 1), |u| <= 0.1716, summed as its odd series (to u^9
  * in float32, u^21 in float64: the first omitted term is below 2^-30 resp.

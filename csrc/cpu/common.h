@@ -128,25 +128,23 @@ TPT_HD uint16_t tpt_float_to_f16(float f) {
     return (uint16_t)(sign | magnitude);
 }
 
-/* sigmoid(x) = 1 / (1 + exp(-x)) in float32 from plain arithmetic, so that
- * loops calling it vectorise (libm's expf is an opaque call that stops the
- * vectoriser). It only ever needs e = exp(-|x|), in (0, 1], never overflowing:
- * sigmoid(x) = 1 / (1 + e) for x >= 0 and e / (1 + e) for x < 0.
- * e: t = max(-|x|, -87) (exp(-87) is still a normal float), t = n*ln2 + r with
- * n = round(t/ln2) in [-126, 0], |r| <= ln2/2 (ln2 split in two for an exact
- * reduction), exp(r) by Cephes' degree-6 polynomial, 2^n put straight into the
- * exponent bits; e = 0 below -87. Three selects (range, sign, NaN) and one
- * division: a third fewer instructions than 1 / (1 + exp(-x)) with a general
- * exp and its overflow/underflow cases. x * sigmoid(x) is within 3 ulp of
- * its exact value for every x >= -87 (tests/test_swiglu.py); below -87, where
- * the exact sigmoid is under FLT_MIN, it returns 0. NaN for NaN. */
-TPT_HD float tpt_sigmoid_f32(float x) {
-    const float neg_abs = -fabsf(x);
-    const int in_range = neg_abs >= -87.0f;            /* false for NaN too: restored at the end */
-    const float t = in_range ? neg_abs : -87.0f;
+/* exp(t) for t <= 0 (or NaN) in float32 from plain arithmetic. libm's expf
+ * is an opaque call that stops the vectoriser, and glibc picks its exp per CPU
+ * at load time, so its last bit differs between machines. t = max(t, -87)
+ * (exp(-87) is still a normal float), t = n*ln2 + r with n = round(t/ln2) in
+ * [-126, 0], |r| <= ln2/2 (ln2 split in two for an exact reduction), exp(r)
+ * by Cephes' degree-6 polynomial, 2^n put straight into the exponent bits;
+ * 0 below -87 (a softmax term that small is lost in the sum of terms >= 1);
+ * NaN for NaN. The kernels that exponentiate max-shifted values (the MoE
+ * router's softmax, Hedgehog's feature map, attention's probabilities from
+ * the saved lse) call it as SFX(tpt_exp_nonpos), on the CPU and the GPU, and
+ * the sigmoids below use its reduction. */
+TPT_HD float tpt_exp_nonpos_f32(float t) {
+    const int in_range = t >= -87.0f;                   /* false for NaN too */
+    const float tc = in_range ? t : -87.0f;
     const float round_magic = 12582912.0f;              /* 1.5 * 2^23: adding it rounds to an integer */
-    const float n = (t * 1.44269504f + round_magic) - round_magic;
-    const float r = (t - n * 0.693359375f) + n * 2.12194440e-4f;
+    const float n = (tc * 1.44269504f + round_magic) - round_magic;
+    const float r = (tc - n * 0.693359375f) + n * 2.12194440e-4f;
     float p = 1.9875691500e-4f;
     p = p * r + 1.3981999507e-3f;
     p = p * r + 8.3334519073e-3f;
@@ -155,26 +153,15 @@ TPT_HD float tpt_sigmoid_f32(float x) {
     p = p * r + 5.0000001201e-1f;
     p = p * r * r + r + 1.0f;
     const float e = in_range ? p * tpt_bits_to_float((uint32_t)((int32_t)n + 127) << 23) : 0.0f;
-    const float s = (x >= 0.0f ? 1.0f : e) / (1.0f + e);
-    return x == x ? s : x;
+    return t == t ? e : t;
 }
 
-/* sigmoid(x) in float64 from plain arithmetic, for the same reason as the
- * float32 one plus another: glibc picks its exp at load time by CPU (an FMA
- * variant on x86-64-v3 and up, an SSE2 one below) and the two disagree in the
- * last bit for about 0.07% of arguments, so libm's exp would make the float64
- * kernels differ between machines. e = exp(-|x|): t = -|x| = n*ln2 + r with
- * n = round(t/ln2) (ln2 in two parts, the first with 32 significant bits so
- * n times it is exact), |r| <= ln2/2, exp(r) by its Taylor series to r^13/13!
- * (the first omitted term is under 2^-57 of the result), and 2^n applied in
- * two exact halves so that results down to the subnormal range are reached;
- * e = 0 below -746, where exp(t) rounds to 0. Within 2.2 ulp of the exact
- * sigmoid on 4 million arguments up to |x| = 800 (against long double);
- * NaN for NaN. */
-TPT_HD double tpt_sigmoid_f64(double x) {
-    const double neg_abs = -fabs(x);
-    const int in_range = neg_abs >= -746.0;             /* false for NaN too: restored at the end */
-    const double t = in_range ? neg_abs : -746.0;
+/* The float64 form's reduction and polynomial: t = n*ln2 + r with n =
+ * round(t/ln2) (ln2 in two parts, the first with 32 significant bits so n
+ * times it is exact), |r| <= ln2/2, exp(r) by its Taylor series to r^13/13!
+ * (the first omitted term is under 2^-57 of the result). Returns exp(r) and
+ * n; the callers apply 2^n over the range they need. */
+TPT_HD double tpt_exp_reduced_f64(double t, double* n_out) {
     const double round_magic = 6755399441055744.0;      /* 1.5 * 2^52: adding it rounds to an integer */
     const double n = (t * 1.4426950408889634 + round_magic) - round_magic;
     const double r = (t - n * 6.93147180369123816490e-01) - n * 1.90821492927058770002e-10;
@@ -190,13 +177,57 @@ TPT_HD double tpt_sigmoid_f64(double x) {
     p = p * r + 0.041666666666666664;                   /* 1/4!  */
     p = p * r + 0.16666666666666666;                    /* 1/3!  */
     p = p * r + 0.5;
-    p = p * r * r + r + 1.0;
+    *n_out = n;
+    return p * r * r + r + 1.0;
+}
+
+/* 2^k for an integer k in [-1022, 1023], from the exponent bits. */
+TPT_HD double tpt_pow2i_f64(int64_t k) {
+    double scale;
+    const uint64_t bits = (uint64_t)(k + 1023) << 52;
+    memcpy(&scale, &bits, 8);
+    return scale;
+}
+
+/* exp(t) for t <= 0 (or NaN) in float64, for the same reasons as the
+ * float32 one: 0 below -708, where 2^n would leave the normal range (one
+ * scale suffices above it); NaN for NaN. */
+TPT_HD double tpt_exp_nonpos_f64(double t) {
+    const int in_range = t >= -708.0;
+    double n;
+    const double p = tpt_exp_reduced_f64(in_range ? t : -708.0, &n);
+    const double e = in_range ? p * tpt_pow2i_f64((int64_t)n) : 0.0;
+    return t == t ? e : t;
+}
+
+/* sigmoid(x) = 1 / (1 + exp(-x)) in float32 from plain arithmetic, so that
+ * loops calling it vectorise. It only ever needs e = exp(-|x|), in (0, 1],
+ * never overflowing: sigmoid(x) = 1 / (1 + e) for x >= 0 and e / (1 + e) for
+ * x < 0. Three selects (range, sign, NaN) and one division: a third fewer
+ * instructions than 1 / (1 + exp(-x)) with a general exp and its
+ * overflow/underflow cases. x * sigmoid(x) is within 3 ulp of its exact
+ * value for every x >= -87 (tests/test_swiglu.py); below -87, where the exact
+ * sigmoid is under FLT_MIN, it returns 0. NaN for NaN. */
+TPT_HD float tpt_sigmoid_f32(float x) {
+    const float e = tpt_exp_nonpos_f32(-fabsf(x));
+    const float s = (x >= 0.0f ? 1.0f : e) / (1.0f + e);
+    return x == x ? s : x;
+}
+
+/* sigmoid(x) in float64 from plain arithmetic, for the same reason as the
+ * float32 one plus another: glibc's exp differs between CPUs in the last bit
+ * for about 0.07% of arguments, so libm's exp would make the float64 kernels
+ * differ between machines. e = exp(-|x|) reaches down to the subnormal range:
+ * 2^n applied in two exact halves, e = 0 below -746, where exp(t) rounds to 0.
+ * Within 2.2 ulp of the exact sigmoid on 4 million arguments up to |x| = 800
+ * (against long double); NaN for NaN. */
+TPT_HD double tpt_sigmoid_f64(double x) {
+    const double neg_abs = -fabs(x);
+    const int in_range = neg_abs >= -746.0;             /* false for NaN too: restored at the end */
+    double n;
+    const double p = tpt_exp_reduced_f64(in_range ? neg_abs : -746.0, &n);
     const int64_t n_hi = (int64_t)n / 2, n_lo = (int64_t)n - n_hi; /* each in [-538, 0]: 2^n_* is normal */
-    double scale_hi, scale_lo;
-    const uint64_t bits_hi = (uint64_t)(n_hi + 1023) << 52, bits_lo = (uint64_t)(n_lo + 1023) << 52;
-    memcpy(&scale_hi, &bits_hi, 8);
-    memcpy(&scale_lo, &bits_lo, 8);
-    const double e = in_range ? p * scale_hi * scale_lo : 0.0;
+    const double e = in_range ? p * tpt_pow2i_f64(n_hi) * tpt_pow2i_f64(n_lo) : 0.0;
     const double s = (x >= 0.0 ? 1.0 : e) / (1.0 + e);
     return x == x ? s : x;
 }

@@ -24,7 +24,7 @@ extern "C" {
 
 /* phi[r] = concat(softmax(u[r]), softmax(-u[r])) for rows [row_begin, row_end),
  * each softmax over the row's F values with its maximum subtracted, exp in
- * plain arithmetic (exp_math.h). */
+ * plain arithmetic (tpt_exp_nonpos, common.h). */
 int hedgehog_feature_map_forward_f32(void* phi, const void* u, tpt_dtype dt, int64_t row_begin, int64_t row_end,
                                      int64_t F);
 int hedgehog_feature_map_forward_f64(void* phi, const void* u, tpt_dtype dt, int64_t row_begin, int64_t row_end,

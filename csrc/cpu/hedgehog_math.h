@@ -1,7 +1,6 @@
 /* The per-row arithmetic of the Hedgehog feature map, shared by the C kernels
  * (hedgehog.inc) and the CUDA kernels (csrc/cuda/hedgehog.cuh, where one
  * thread runs a row). A per-precision math header (csrc/README.md). */
-#include "exp_math.h"
 
 #if (TPT_PRECISION == 32 && !defined(TPT_HEDGEHOG_MATH_32)) || (TPT_PRECISION == 64 && !defined(TPT_HEDGEHOG_MATH_64))
 #if TPT_PRECISION == 32

@@ -2,7 +2,6 @@
  * (moe.inc) and the CUDA kernels (csrc/cuda/moe.cuh, where one thread runs a
  * token's row): exp and log in plain arithmetic, the softmax, top-k, gates
  * and the row backward. A per-precision math header (csrc/README.md). */
-#include "exp_math.h"
 
 #if (TPT_PRECISION == 32 && !defined(TPT_MOE_MATH_32)) || (TPT_PRECISION == 64 && !defined(TPT_MOE_MATH_64))
 #if TPT_PRECISION == 32
