@@ -12,8 +12,9 @@
  *
  * Work is split over tasks, each computed by one thread in a fixed order, so
  * results do not depend on how tasks are spread over threads: (b, key/value
- * head, query tile) for the forward, (b, key/value head) for the backward, whose dk and
- * dv sum over the group's query heads and the query tiles in that order. */
+ * head, query tile) for the forward (the group's query heads share the
+ * tile's keys and values), (b, key/value head) for the backward, whose dk
+ * and dv sum over the group's query heads and the query tiles in that order. */
 #ifndef TPT_ATTENTION_H
 #define TPT_ATTENTION_H
 #include "common.h"
