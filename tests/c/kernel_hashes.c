@@ -297,7 +297,8 @@ static int is_block_kernel(Kernel k) {
            k == MOE_ROUTE_FORWARD || k == HORN_EMBEDDING_BACKWARD;
 }
 
-/* The attention kernels split over (b, h) tasks (the forwards) or (b, g) tasks (the backwards and the step). */
+/* The attention kernels split over head tasks: (b, h) for the linear-attention forwards, (b, g, query tile) for the
+ * softmax forward, (b, g) for the backwards and the step. */
 static int is_attention_kernel(Kernel k) {
     return k == LINEAR_ATTENTION_PREFILL || k == LINEAR_ATTENTION_CAUSAL_BACKWARD ||
            k == LINEAR_ATTENTION_NONCAUSAL_FORWARD || k == LINEAR_ATTENTION_NONCAUSAL_BACKWARD ||
