@@ -103,6 +103,14 @@ def test_offset_matches_the_quadratic_form(dtype, offset):
     check_against_exact(*inputs(T=20, offset=offset, dtype=dtype), offset=offset)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("T, offset, hd", [(150, 37, 16), (130, 100, 32), (129, 1, 24)])
+def test_offset_query_tiles_across_key_tiles(dtype, T, offset, hd):
+    # several query tiles whose positions sit off the key tiles' boundaries: the diagonal tiles' computed
+    # chunks and each block's range of keys or queries depend on that shift
+    check_against_exact(*inputs(T=T, offset=offset, hd=hd, dtype=dtype), offset=offset)
+
+
 def test_log_sum_exp_is_saved():
     q, k, v = inputs(T=150, hd=32, offset=10)
     out, lse = ops.causal_attention(q, k, v, 10, 0.25)

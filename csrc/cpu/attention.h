@@ -11,9 +11,10 @@
  * float32, bfloat16 or float16), _f64 in float64 (dt float64).
  *
  * Work is split over tasks, each computed by one thread in a fixed order, so
- * results do not depend on how tasks are spread over threads: (b, h, query
- * tile) for the forward, (b, key/value head) for the backward, whose dk and
- * dv sum over the group's query heads and the query tiles in that order. */
+ * results do not depend on how tasks are spread over threads: (b, key/value
+ * head, query tile) for the forward (the group's query heads share the
+ * tile's keys and values), (b, key/value head) for the backward, whose dk
+ * and dv sum over the group's query heads and the query tiles in that order. */
 #ifndef TPT_ATTENTION_H
 #define TPT_ATTENTION_H
 #include "common.h"
@@ -25,12 +26,13 @@ extern "C" {
 #define TPT_ATTENTION_TILE_Q 64
 #define TPT_ATTENTION_TILE_K 64
 
-/* Forward tasks: B * H * tiles, tiles = ceil(T / TPT_ATTENTION_TILE_Q). */
-static inline int64_t tpt_attention_forward_tasks(int64_t B, int64_t H, int64_t T) {
-    return B * H * ((T + TPT_ATTENTION_TILE_Q - 1) / TPT_ATTENTION_TILE_Q);
+/* Forward tasks: B * Hkv * tiles, tiles = ceil(T / TPT_ATTENTION_TILE_Q). */
+static inline int64_t tpt_attention_forward_tasks(int64_t B, int64_t Hkv, int64_t T) {
+    return B * Hkv * ((T + TPT_ATTENTION_TILE_Q - 1) / TPT_ATTENTION_TILE_Q);
 }
 
-/* out and lse for the forward tasks [task_begin, task_end) (task = (b * H + h) * tiles + tile):
+/* out and lse for the forward tasks [task_begin, task_end) (task = (b * Hkv + g) * tiles + tile: the query
+ * tile of the query heads of key/value head g, which share its keys and values):
  *   s_ij = scale * q_i . k_j  for j <= offset + i,
  *   lse_i = log sum_j exp(s_ij),   out_i = sum_j exp(s_ij - lse_i) v_j,
  * over key tiles with a running maximum m_i and sum l_i (online softmax):

@@ -28,7 +28,7 @@ NP_FUNCTION(causal_attention_forward) {
     int status;
     Py_BEGIN_ALLOW_THREADS
     status = NP_BY_PRECISION(dt, attention_forward, PyArray_DATA(out), PyArray_DATA(lse), PyArray_DATA(q),
-                             PyArray_DATA(k), PyArray_DATA(v), dt, 0, tpt_attention_forward_tasks(B, H, T), H, Hkv,
+                             PyArray_DATA(k), PyArray_DATA(v), dt, 0, tpt_attention_forward_tasks(B, Hkv, T), H, Hkv,
                              T, Tk, hd, Tk * hd, (int64_t)offset, scale);
     Py_END_ALLOW_THREADS
     NP_KERNEL_STATUS(status);

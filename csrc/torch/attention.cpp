@@ -81,7 +81,7 @@ std::tuple<Tensor, Tensor> causal_attention(Tensor q, Tensor k, Tensor v, int64_
     return {out, lse};
   }
 #endif
-  parallel_rows(kAttention, tpt_attention_forward_tasks(d.B, d.H, d.T), 1, [&](int64_t begin, int64_t end) {
+  parallel_rows(kAttention, tpt_attention_forward_tasks(d.B, d.Hkv, d.T), 1, [&](int64_t begin, int64_t end) {
     return by_precision(d.dt, [&](auto tag) {
       using real = decltype(tag);
       return kernels::attention_forward<real>(out.mutable_data_ptr(), lse.mutable_data_ptr<real>(),

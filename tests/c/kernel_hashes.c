@@ -297,7 +297,8 @@ static int is_block_kernel(Kernel k) {
            k == MOE_ROUTE_FORWARD || k == HORN_EMBEDDING_BACKWARD;
 }
 
-/* The attention kernels split over (b, h) tasks (the forwards) or (b, g) tasks (the backwards and the step). */
+/* The attention kernels split over head tasks: (b, h) for the linear-attention forwards, (b, g, query tile) for the
+ * softmax forward, (b, g) for the backwards and the step. */
 static int is_attention_kernel(Kernel k) {
     return k == LINEAR_ATTENTION_PREFILL || k == LINEAR_ATTENTION_CAUSAL_BACKWARD ||
            k == LINEAR_ATTENTION_NONCAUSAL_FORWARD || k == LINEAR_ATTENTION_NONCAUSAL_BACKWARD ||
@@ -308,7 +309,7 @@ static int is_attention_kernel(Kernel k) {
 static int64_t extent(Kernel k) {
     if (is_block_kernel(k)) return tpt_num_row_blocks(M);
     if (k == LINEAR_ATTENTION_PREFILL || k == LINEAR_ATTENTION_NONCAUSAL_FORWARD) return HH_B * HH_H;
-    if (k == ATTENTION_FORWARD) return tpt_attention_forward_tasks(AT_B, AT_H, AT_T);
+    if (k == ATTENTION_FORWARD) return tpt_attention_forward_tasks(AT_B, AT_HKV, AT_T);
     if (k == ATTENTION_BACKWARD) return AT_B * AT_HKV;
     if (is_attention_kernel(k)) return HH_B * HH_HKV;
     if (k == HEDGEHOG_FEATURE_MAP_FORWARD || k == HEDGEHOG_FEATURE_MAP_BACKWARD) return HH_ROWS;
