@@ -200,6 +200,47 @@ TPT_HD double tpt_exp_nonpos_f64(double t) {
     return t == t ? e : t;
 }
 
+/* log(x) for x >= 1 (a softmax denominator: its largest term is exp(0)) from
+ * plain arithmetic, for the exp's reason: libm's log is picked per CPU.
+ * x = 2^n m with m in [sqrt(1/2), sqrt(2)), log m = 2 atanh(v) with
+ * v = (m - 1) / (m + 1), |v| < 0.172, by its odd series (to v^11 in float32,
+ * v^23 in float64: the first omitted term is under 2^-26 resp. 2^-60 of the
+ * result), plus n ln2 with ln2 in two parts so that n * ln2_hi is exact.
+ * NaN and inf come back as they are. The MoE router's lse and attention's
+ * lse (on the CPU and the GPU) call it as SFX(tpt_log_ge1). */
+TPT_HD float tpt_log_ge1_f32(float x) {
+    const uint32_t bits = tpt_float_to_bits(x);
+    float n = (float)((int32_t)(bits >> 23) - 127);
+    float m = tpt_bits_to_float((bits & 0x7fffffu) | 0x3f800000u);
+    if (m > 1.41421356f) {
+        m = m * 0.5f;
+        n = n + 1.0f;
+    }
+    const float v = (m - 1.0f) / (m + 1.0f), v2 = v * v;
+    float series = 1.0f / 11.0f;
+    for (int i = 4; i >= 0; i--) series = series * v2 + 1.0f / (float)(2 * i + 1);
+    const float result = n * 0.693359375f + (n * -2.12194440e-4f + 2.0f * v * series);
+    return x == x && x < INFINITY ? result : x;
+}
+
+TPT_HD double tpt_log_ge1_f64(double x) {
+    uint64_t bits;
+    memcpy(&bits, &x, 8);
+    double n = (double)((int64_t)(bits >> 52) - 1023);
+    const uint64_t mbits = (bits & 0xfffffffffffffull) | 0x3ff0000000000000ull;
+    double m;
+    memcpy(&m, &mbits, 8);
+    if (m > 1.4142135623730951) {
+        m = m * 0.5;
+        n = n + 1.0;
+    }
+    const double v = (m - 1.0) / (m + 1.0), v2 = v * v;
+    double series = 1.0 / 23.0;
+    for (int i = 10; i >= 0; i--) series = series * v2 + 1.0 / (double)(2 * i + 1);
+    const double result = n * 6.93147180369123816490e-01 + (n * 1.90821492927058770002e-10 + 2.0 * v * series);
+    return x == x && x < INFINITY ? result : x;
+}
+
 /* sigmoid(x) = 1 / (1 + exp(-x)) in float32 from plain arithmetic, so that
  * loops calling it vectorise. It only ever needs e = exp(-|x|), in (0, 1],
  * never overflowing: sigmoid(x) = 1 / (1 + e) for x >= 0 and e / (1 + e) for

@@ -1,6 +1,6 @@
 /* The per-row arithmetic of the MoE router, shared by the C kernels
  * (moe.inc) and the CUDA kernels (csrc/cuda/moe.cuh, where one thread runs a
- * token's row): exp and log in plain arithmetic, the softmax, top-k, gates
+ * token's row): the softmax (common.h's exp and log), top-k, gates
  * and the row backward. A per-precision math header (csrc/README.md). */
 
 #if (TPT_PRECISION == 32 && !defined(TPT_MOE_MATH_32)) || (TPT_PRECISION == 64 && !defined(TPT_MOE_MATH_64))
@@ -9,42 +9,6 @@
 #else
 #define TPT_MOE_MATH_64
 #endif
-
-/* log(x) for a finite x >= 1 (a softmax denominator) from plain arithmetic:
- * x = 2^n * m with m in [sqrt(1/2), sqrt(2)), log(m) = 2 atanh(u) with
- * u = (m - 1) / (m + 1), |u| < 0.172, by its series (terms to u^11 in
- * float32, u^23 in float64: the first omitted one is under 2^-26 resp.
- * 2^-60 of the result), ln2 in two parts so that n * ln2_hi is exact. */
-TPT_HD real SFX(moe_log_ge1)(real x) {
-#if TPT_PRECISION == 32
-    const uint32_t u = tpt_float_to_bits(x);
-    real n = (real)((int32_t)(u >> 23) - 127);
-    real m = tpt_bits_to_float((u & 0x7fffffu) | 0x3f800000u);
-    const int halve = m > 1.41421356f;
-    const int terms = 5;
-    const real ln2_hi = 0.693359375f, ln2_lo = -2.12194440e-4f;
-#else
-    uint64_t u;
-    memcpy(&u, &x, 8);
-    real n = (real)((int64_t)(u >> 52) - 1023);
-    const uint64_t mbits = (u & 0xfffffffffffffull) | 0x3ff0000000000000ull;
-    real m;
-    memcpy(&m, &mbits, 8);
-    const int halve = m > 1.4142135623730951;
-    const int terms = 11;
-    const real ln2_hi = 6.93147180369123816490e-01, ln2_lo = 1.90821492927058770002e-10;
-#endif
-    if (halve) {
-        m = m * (real)0.5;
-        n = n + 1;
-    }
-    const real v = (m - 1) / (m + 1), v2 = v * v;
-    real series = (real)1 / (real)(2 * terms + 1);
-    for (int i = terms - 1; i >= 0; i--) series = series * v2 + (real)1 / (real)(2 * i + 1);
-    const real log_m = 2 * v * series;
-    const real result = n * ln2_hi + (n * ln2_lo + log_m);
-    return x == x && x < (real)INFINITY ? result : x;
-}
 
 /* max_e l[e], kept per lane so that the compare-and-select vectorises (a
  * serial running max does not). The maximum of finite values is the same in
@@ -74,7 +38,7 @@ TPT_HD real SFX(moe_softmax)(real* p, const real* l, int64_t E) {
         sum += p[e];
     }
     for (int64_t e = 0; e < E; e++) p[e] = p[e] / sum;
-    return mx + SFX(moe_log_ge1)(sum);
+    return mx + SFX(tpt_log_ge1)(sum);
 }
 
 /* The k largest of s[e] + bias[e] (bias NULL: s[e] + 0) into experts[0..k),
