@@ -87,12 +87,16 @@ TPT_HD double tpt_fma(double a, double b, double c) { return __builtin_fma(a, b,
 TPT_HD float tpt_bf16_to_float(uint16_t h) { return tpt_bits_to_float((uint32_t)h << 16); }
 
 /* Round to nearest, ties to even; NaN stays a (quiet) NaN. Written as a
- * select rather than an early return so that conversion loops vectorise. */
+ * select rather than an early return so that conversion loops vectorise.
+ * The select is on the 32-bit patterns before the one shift, and NaN is
+ * found by a float compare (f != f): gcc then keeps the whole loop in 32-bit
+ * lanes (7 vector operations per 16 elements plus the pack on x86-64-v4),
+ * where a select on the 16-bit results, with NaN found from the bits, made it
+ * pack, unpack and pack again (1.6x slower, the same bits). */
 TPT_HD uint16_t tpt_float_to_bf16(float f) {
     const uint32_t u = tpt_float_to_bits(f);
-    const uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
-    const uint32_t quiet_nan = (u >> 16) | 0x40u;
-    return (uint16_t)((u & 0x7fffffffu) > 0x7f800000u ? quiet_nan : rounded);
+    const uint32_t round_up = 0x7fffu + ((u >> 16) & 1u); /* ties to the even upper half */
+    return (uint16_t)((f != f ? u | 0x400000u : u + round_up) >> 16);
 }
 
 /* IEEE binary16 -> float32, exact (subnormals, inf and NaN included).
@@ -274,6 +278,21 @@ TPT_HD double tpt_sigmoid_f64(double x) {
 }
 
 #ifndef __CUDACC__
+/* Rows ahead of the current one whose cache lines a row kernel requests
+ * (tpt_prefetch_read / tpt_prefetch_write) while it computes the current row. */
+#define TPT_PREFETCH_ROWS 4
+
+/* Request the cache lines of bytes [0, n) at p into L2 (prefetcht1), to be
+ * read, or to be written. On one thread the hardware prefetchers alone left
+ * the row kernels waiting on memory about as long as their arithmetic took,
+ * one after the other, rather than at once (RESULTS.md, "bf16 at bandwidth"). */
+TPT_INLINE void tpt_prefetch_read(const void* p, int64_t n) {
+    for (int64_t b = 0; b < n; b += 64) __builtin_prefetch((const char*)p + b, 0, 2);
+}
+TPT_INLINE void tpt_prefetch_write(void* p, int64_t n) {
+    for (int64_t b = 0; b < n; b += 64) __builtin_prefetch((char*)p + b, 1, 2);
+}
+
 /* A row of n elements of dtype dt, seen as float32: the row itself when it is
  * float32, else `scratch` filled by conversion. */
 TPT_HD const float* tpt_row_in_f32(const void* src, tpt_dtype dt, float* scratch, int64_t n) {

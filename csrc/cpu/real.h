@@ -74,4 +74,43 @@ static inline real SFX(tpt_sum)(const real* a, int64_t n) {
     for (; i < n; i++) s += a[i];
     return s;
 }
+
+/* Rows summed together by SFX(tpt_sum_rows). */
+#define TPT_SUM_ROWS 4
+
+/* sums[r] = SFX(tpt_sum)(rows[r], n) for r < count <= TPT_SUM_ROWS, bit for
+ * bit (each row keeps its own lanes, added in the same order). One row's sum
+ * is a chain of dependent vector adds, bound by the add latency; the rows'
+ * chains are independent, so a full group's are interleaved and run in
+ * parallel. */
+static inline void SFX(tpt_sum_rows)(real* sums, const real* const* rows, int64_t count, int64_t n) {
+    if (count < TPT_SUM_ROWS) {
+        for (int64_t r = 0; r < count; r++) sums[r] = SFX(tpt_sum)(rows[r], n);
+        return;
+    }
+    const real *a = rows[0], *b = rows[1], *c = rows[2], *d = rows[3];
+    real acc_a[TPT_LANES] = {0}, acc_b[TPT_LANES] = {0}, acc_c[TPT_LANES] = {0}, acc_d[TPT_LANES] = {0};
+    int64_t i = 0;
+    for (; i + TPT_LANES <= n; i += TPT_LANES)
+        for (int l = 0; l < TPT_LANES; l++) {
+            acc_a[l] += a[i + l];
+            acc_b[l] += b[i + l];
+            acc_c[l] += c[i + l];
+            acc_d[l] += d[i + l];
+        }
+    real s[TPT_SUM_ROWS] = {0};
+    for (int l = 0; l < TPT_LANES; l++) {
+        s[0] += acc_a[l];
+        s[1] += acc_b[l];
+        s[2] += acc_c[l];
+        s[3] += acc_d[l];
+    }
+    for (int64_t j = i; j < n; j++) {
+        s[0] += a[j];
+        s[1] += b[j];
+        s[2] += c[j];
+        s[3] += d[j];
+    }
+    for (int r = 0; r < TPT_SUM_ROWS; r++) sums[r] = s[r];
+}
 #endif
