@@ -130,6 +130,7 @@ std::tuple<Tensor, Tensor, Tensor> attention_forward(Tensor phi_q, Tensor phi_k,
   const Dims d = check_attention(phi_q, phi_k, v, eps, op);
   const ScalarType ct = compute_type(d.dt);
   Tensor y = torch::stable::new_empty(phi_q, {d.B, d.H, d.T, d.Dv});
+  advise_huge_pages(y);
   Tensor S = torch::stable::new_zeros(phi_q, {with_state ? d.B : 0, d.Hkv, d.K, d.Dv}, ct);
   Tensor z = torch::stable::new_zeros(phi_q, {with_state ? d.B : 0, d.Hkv, d.K}, ct);
 #ifdef TPT_WITH_CUDA
@@ -184,6 +185,7 @@ std::tuple<Tensor, Tensor, Tensor> linear_attention_backward(Tensor dy, Tensor p
   Tensor dq = torch::stable::empty_like(phi_q);
   Tensor dk = torch::stable::empty_like(phi_k);
   Tensor dv = torch::stable::empty_like(v);
+  for (const Tensor* grad : {&dq, &dk, &dv}) advise_huge_pages(*grad);
 #ifdef TPT_WITH_CUDA
   if (phi_q.is_cuda()) {
     const CudaLaunch launch(phi_q);
