@@ -420,7 +420,7 @@ def build_parser() -> argparse.ArgumentParser:
       help="shard the experts over this many ranks: 1 (off) or the torchrun world size")
     a("--convert-from", metavar="CKPT",
       help="convert the softmax model of this checkpoint to Hedgehog attention and distil its feature maps")
-    a("--device", default="cpu", help="cpu, or cuda (reference backend only: the fused kernels are CPU kernels)")
+    a("--device", default="cpu", help="cpu, or cuda (reference backend only: the CUDA kernels are not yet checked on a GPU)")
     a("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
     a("--eval-every", type=int, default=250, help="steps between validation passes and checkpoints")
     a("--eval-batches", type=int, default=20, help="global batches per validation pass")
@@ -456,7 +456,8 @@ def check_args(p: argparse.ArgumentParser, args) -> None:
         p.error(f"--steps x --grad-accum must be <= 2**32 (one generator seed per micro-batch), "
                 f"got {args.steps * args.grad_accum}")
     if args.device.startswith("cuda") and args.backend == "fused":
-        p.error("--backend fused runs the CPU kernels; use --device cpu, or --backend reference on cuda")
+        p.error("--backend fused runs on the CPU only (its CUDA kernels are not yet checked on a GPU); "
+                "use --device cpu, or --backend reference on cuda")
 
 
 def model_config(args) -> TPTConfig:
