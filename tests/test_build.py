@@ -252,7 +252,8 @@ def run_conversion(exe, direction, dtype, values, out_dtype, tmp_path):
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
 def test_every_16_bit_value_converts_exactly_to_float32(conversion_drivers, dtype, tmp_path):
     """All 65536 bfloat16/float16 bit patterns through the kernels' row input conversion give torch's float32
-    (NumPy's for float16 NaNs, whose payload torch drops), the same bits at every level."""
+    (NumPy's for float16 NaNs, whose payload torch drops), the same bits at every level; for bfloat16 also
+    through the pair words of the kernels' pair loops."""
     halves = np.arange(1 << 16, dtype=np.uint16)
     if dtype == "bfloat16":
         expected = halves.astype(np.uint32) << 16  # bfloat16 is the top half of a float32, NaN payloads included
@@ -265,9 +266,10 @@ def test_every_16_bit_value_converts_exactly_to_float32(conversion_drivers, dtyp
         from_torch = torch.from_numpy(halves.view(np.int16)).view(torch.float16).float().numpy().view(np.uint32)
         np.testing.assert_array_equal(expected[not_nan], from_torch[not_nan])
     for name, exe in conversion_drivers.items():
-        got = run_conversion(exe, "in", dtype, halves, np.uint32, tmp_path)
-        differ = np.flatnonzero(got != expected)
-        assert differ.size == 0, f"{name}: {differ.size} values differ, first {halves[differ[0]]:#06x}"
+        for direction in ["in", "in-pairs"] if dtype == "bfloat16" else ["in"]:
+            got = run_conversion(exe, direction, dtype, halves, np.uint32, tmp_path)
+            differ = np.flatnonzero(got != expected)
+            assert differ.size == 0, f"{name} {direction}: {differ.size} values differ, first {halves[differ[0]]:#06x}"
 
 
 @needs_gcc_on_x86_64
@@ -275,7 +277,8 @@ def test_every_16_bit_value_converts_exactly_to_float32(conversion_drivers, dtyp
 def test_float32_rounds_to_nearest_even_on_every_level(conversion_drivers, dtype, tmp_path):
     """float32 -> bfloat16/float16 through the kernels' row output conversion: torch's round-to-nearest-even
     result (and NumPy's for float16) for every non-NaN input of float_bit_patterns; a NaN stays a quiet NaN of the
-    same sign (bfloat16 keeps the payload's top bits, float16 gives 0x7e00); the same bits at every level."""
+    same sign (bfloat16 keeps the payload's top bits, float16 gives 0x7e00); the same bits at every level, and for
+    bfloat16 through the pair words too."""
     patterns = float_bit_patterns()
     floats = patterns.view(np.float32)
     nan = np.isnan(floats)
@@ -288,7 +291,9 @@ def test_float32_rounds_to_nearest_even_on_every_level(conversion_drivers, dtype
     else:
         expected[nan] = (patterns[nan] >> 16) | 0x0040
     for name, exe in conversion_drivers.items():
-        got = run_conversion(exe, "out", dtype, patterns, np.uint16, tmp_path)
-        differ = np.flatnonzero(got != expected)
-        assert differ.size == 0, (f"{name}: {differ.size} of {patterns.size} differ, first {patterns[differ[0]]:#010x}"
-                                  f" -> {got[differ[0]]:#06x}, expected {expected[differ[0]]:#06x}")
+        for direction in ["out", "out-pairs"] if dtype == "bfloat16" else ["out"]:
+            got = run_conversion(exe, direction, dtype, patterns, np.uint16, tmp_path)
+            differ = np.flatnonzero(got != expected)
+            assert differ.size == 0, (f"{name} {direction}: {differ.size} of {patterns.size} differ, first "
+                                      f"{patterns[differ[0]]:#010x} -> {got[differ[0]]:#06x}, expected "
+                                      f"{expected[differ[0]]:#06x}")

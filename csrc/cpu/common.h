@@ -86,17 +86,42 @@ TPT_HD double tpt_fma(double a, double b, double c) { return __builtin_fma(a, b,
 /* bfloat16 is the top half of a float32. */
 TPT_HD float tpt_bf16_to_float(uint16_t h) { return tpt_bits_to_float((uint32_t)h << 16); }
 
-/* Round to nearest, ties to even; NaN stays a (quiet) NaN. Written as a
- * select rather than an early return so that conversion loops vectorise.
- * The select is on the 32-bit patterns before the one shift, and NaN is
- * found by a float compare (f != f): gcc then keeps the whole loop in 32-bit
- * lanes (7 vector operations per 16 elements plus the pack on x86-64-v4),
- * where a select on the 16-bit results, with NaN found from the bits, made it
- * pack, unpack and pack again (1.6x slower, the same bits). */
-TPT_HD uint16_t tpt_float_to_bf16(float f) {
+/* Round to nearest, ties to even; NaN stays a (quiet) NaN. The rounded
+ * float32 pattern, whose top half is the bfloat16: written as a select rather
+ * than an early return so that conversion loops vectorise, with NaN found by a
+ * float compare (f != f), in 32-bit lanes. It is its own function, apart
+ * from the shift that takes the top half, because gcc folds a shift of a
+ * select written in one expression into both arms and then selects in 16-bit
+ * lanes: on x86-64-v4 that packed both candidates, unpacked and packed again,
+ * two word permutes per 32 elements where the 32-bit select needs one (the same
+ * bits, a quarter slower). */
+TPT_HD uint32_t tpt_bf16_rounded_bits(float f) {
     const uint32_t u = tpt_float_to_bits(f);
-    const uint32_t round_up = 0x7fffu + ((u >> 16) & 1u); /* ties to the even upper half */
-    return (uint16_t)((f != f ? u | 0x400000u : u + round_up) >> 16);
+    const uint32_t rounded = u + 0x7fffu + ((u >> 16) & 1u); /* ties to the even upper half */
+    return f != f ? u | 0x400000u : rounded;
+}
+
+TPT_HD uint16_t tpt_float_to_bf16(float f) { return (uint16_t)(tpt_bf16_rounded_bits(f) >> 16); }
+
+/* A bfloat16 row read and written two elements at a time, as 32-bit words:
+ * element 2j is the low half of word j (little-endian, as x86-64 and CUDA
+ * GPUs), so the even element as float32 is the word shifted up, the odd one
+ * the word with its low half cleared, and a rounded pair goes back by one
+ * bitwise select, with no widening or packing shuffles. Loops over a row's
+ * words vectorise in 32-bit lanes on every level; each element is converted
+ * exactly as tpt_bf16_to_float / tpt_float_to_bf16 would, so the bits are
+ * theirs. The words are copied (memcpy) since a bfloat16 row need not be
+ * 4-byte aligned. */
+TPT_HD uint32_t tpt_bf16_load_pair(const void* row, int64_t j) {
+    uint32_t w;
+    memcpy(&w, (const char*)row + 4 * j, 4);
+    return w;
+}
+TPT_HD float tpt_bf16_even(uint32_t w) { return tpt_bits_to_float(w << 16); }
+TPT_HD float tpt_bf16_odd(uint32_t w) { return tpt_bits_to_float(w & 0xffff0000u); }
+TPT_HD void tpt_bf16_store_pair(void* row, int64_t j, float even, float odd) {
+    const uint32_t w = (tpt_bf16_rounded_bits(odd) & 0xffff0000u) | (tpt_bf16_rounded_bits(even) >> 16);
+    memcpy((char*)row + 4 * j, &w, 4);
 }
 
 /* IEEE binary16 -> float32, exact (subnormals, inf and NaN included).
@@ -132,22 +157,21 @@ TPT_HD uint16_t tpt_float_to_f16(float f) {
     return (uint16_t)(sign | magnitude);
 }
 
-/* exp(t) for t <= 0 (or NaN) in float32 from plain arithmetic. libm's expf
+/* exp(t) for t <= 0 in float32 from plain arithmetic. libm's expf
  * is an opaque call that stops the vectoriser, and glibc picks its exp per CPU
  * at load time, so its last bit differs between machines. t = max(t, -87)
  * (exp(-87) is still a normal float), t = n*ln2 + r with n = round(t/ln2) in
  * [-126, 0], |r| <= ln2/2 (ln2 split in two for an exact reduction), exp(r)
  * by Cephes' degree-6 polynomial, 2^n put straight into the exponent bits;
- * 0 below -87 (a softmax term that small is lost in the sum of terms >= 1);
- * NaN for NaN. The kernels that exponentiate max-shifted values (the MoE
- * router's softmax, Hedgehog's feature map, attention's probabilities from
- * the saved lse) call it as SFX(tpt_exp_nonpos), on the CPU and the GPU, and
- * the sigmoids below use its reduction. */
-TPT_HD float tpt_exp_nonpos_f32(float t) {
+ * 0 below -87 (a softmax term that small is lost in the sum of terms >= 1),
+ * and 0 for NaN, which fails the range check: the sigmoids, which put NaN
+ * back themselves, call this form. */
+TPT_HD float tpt_exp_nonpos_or_zero_f32(float t) {
     const int in_range = t >= -87.0f;                   /* false for NaN too */
     const float tc = in_range ? t : -87.0f;
     const float round_magic = 12582912.0f;              /* 1.5 * 2^23: adding it rounds to an integer */
-    const float n = (tc * 1.44269504f + round_magic) - round_magic;
+    const float shifted = tc * 1.44269504f + round_magic; /* its bits are 0x4b400000 + n */
+    const float n = shifted - round_magic;
     const float r = (tc - n * 0.693359375f) + n * 2.12194440e-4f;
     float p = 1.9875691500e-4f;
     p = p * r + 1.3981999507e-3f;
@@ -156,9 +180,15 @@ TPT_HD float tpt_exp_nonpos_f32(float t) {
     p = p * r + 1.6666665459e-1f;
     p = p * r + 5.0000001201e-1f;
     p = p * r * r + r + 1.0f;
-    const float e = in_range ? p * tpt_bits_to_float((uint32_t)((int32_t)n + 127) << 23) : 0.0f;
-    return t == t ? e : t;
+    /* 2^n from the sum's bits, (n + 127) << 23 modulo 2^32, without a float -> int conversion (8% of the
+     * swiglu row): the same n, the same bits for every t <= 0 (all 2^32 sigmoid inputs checked) */
+    return in_range ? p * tpt_bits_to_float((tpt_float_to_bits(shifted) + 127u) << 23) : 0.0f;
 }
+
+/* The same with NaN for NaN. The kernels that exponentiate max-shifted values
+ * (the MoE router's softmax, Hedgehog's feature map, attention's probabilities
+ * from the saved lse) call it as SFX(tpt_exp_nonpos), on the CPU and the GPU. */
+TPT_HD float tpt_exp_nonpos_f32(float t) { return t == t ? tpt_exp_nonpos_or_zero_f32(t) : t; }
 
 /* The float64 form's reduction and polynomial: t = n*ln2 + r with n =
  * round(t/ln2) (ln2 in two parts, the first with 32 significant bits so n
@@ -254,7 +284,7 @@ TPT_HD double tpt_log_ge1_f64(double x) {
  * value for every x >= -87 (tests/test_swiglu.py); below -87, where the exact
  * sigmoid is under FLT_MIN, it returns 0. NaN for NaN. */
 TPT_HD float tpt_sigmoid_f32(float x) {
-    const float e = tpt_exp_nonpos_f32(-fabsf(x));
+    const float e = tpt_exp_nonpos_or_zero_f32(-fabsf(x)); /* the NaN case is the last select's */
     const float s = (x >= 0.0f ? 1.0f : e) / (1.0f + e);
     return x == x ? s : x;
 }

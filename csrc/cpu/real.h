@@ -3,7 +3,7 @@
  * Each family's .c includes its .inc twice, once with TPT_PRECISION 32 (for
  * float32, bfloat16 and float16 storage) and once with TPT_PRECISION 64 (for
  * float64). The .inc includes this header first, which (re)defines `real`,
- * the SFX() name suffix, row helpers, SIGMOID (plain arithmetic, the same bits on every CPU) and FMA (tpt_fmaf/tpt_fma) for
+ * the SFX() name suffix, row helpers (ROW_IN, ROW_BUF, ROW_OUT, ROW_BF16_PAIRS), SIGMOID (plain arithmetic, the same bits on every CPU) and FMA (tpt_fmaf/tpt_fma) for
  * that precision. One kernel
  * source, two precisions, no copies. No include guard on purpose. */
 #include "common.h"
@@ -16,6 +16,7 @@
 #undef ROW_OUT
 #undef SIGMOID
 #undef FMA
+#undef ROW_BF16_PAIRS
 #if TPT_PRECISION == 32
 #define real float
 #define SFX(name) name##_f32
@@ -24,6 +25,9 @@
 #define ROW_OUT tpt_row_out_f32
 #define SIGMOID tpt_sigmoid_f32
 #define FMA tpt_fmaf
+/* whether a row of n elements of dtype dt is read and written as bfloat16 pairs
+ * (tpt_bf16_load_pair / tpt_bf16_store_pair, common.h) rather than through scratch */
+#define ROW_BF16_PAIRS(dt, n) ((dt) == TPT_BFLOAT16 && (n) % 2 == 0)
 #elif TPT_PRECISION == 64
 #define real double
 #define SFX(name) name##_f64
@@ -32,6 +36,7 @@
 #define ROW_OUT tpt_row_out_f64
 #define SIGMOID tpt_sigmoid_f64
 #define FMA tpt_fma
+#define ROW_BF16_PAIRS(dt, n) 0
 #else
 #error "define TPT_PRECISION as 32 or 64 before including real.h"
 #endif

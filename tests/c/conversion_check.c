@@ -5,6 +5,8 @@
  *
  *   conversion_check in  bfloat16|float16 INPUT OUTPUT   uint16 bits -> float32 bits
  *   conversion_check out bfloat16|float16 INPUT OUTPUT   float32 bits -> uint16 bits
+ *   conversion_check in-pairs  bfloat16 INPUT OUTPUT     the same through the bfloat16 pair words
+ *   conversion_check out-pairs bfloat16 INPUT OUTPUT     (tpt_bf16_load_pair / tpt_bf16_store_pair)
  *
  * The inputs are cut into rows of ROW elements, and each row starts at a
  * varying element offset, so every vectorised loop body, its peeled heads and
@@ -63,12 +65,41 @@ static void from_float(uint16_t* out, const float* in, tpt_dtype dt, int64_t n) 
     }
 }
 
+/* The pair loops of the kernels (ROW_BF16_PAIRS): a row's elements two at a
+ * time as 32-bit words, an odd last element alone. Rows start at any element,
+ * so the words are unaligned as often as not. */
+TPT_MULTIVERSION
+static void pairs_to_float(float* out, const uint16_t* in, int64_t n) {
+    int64_t step = 0;
+    for (int64_t i = 0; i < n;) {
+        const int64_t len = row_length(i, n, &step);
+        for (int64_t j = 0; j < len / 2; j++) {
+            const uint32_t w = tpt_bf16_load_pair(in + i, j);
+            out[i + 2 * j] = tpt_bf16_even(w);
+            out[i + 2 * j + 1] = tpt_bf16_odd(w);
+        }
+        if (len % 2) out[i + len - 1] = tpt_bf16_to_float(in[i + len - 1]);
+        i += len;
+    }
+}
+
+TPT_MULTIVERSION
+static void pairs_from_float(uint16_t* out, const float* in, int64_t n) {
+    int64_t step = 0;
+    for (int64_t i = 0; i < n;) {
+        const int64_t len = row_length(i, n, &step);
+        for (int64_t j = 0; j < len / 2; j++) tpt_bf16_store_pair(out + i, j, in[i + 2 * j], in[i + 2 * j + 1]);
+        if (len % 2) out[i + len - 1] = tpt_float_to_bf16(in[i + len - 1]);
+        i += len;
+    }
+}
+
 int main(int argc, char** argv) {
     if (argc != 5) {
-        fprintf(stderr, "usage: %s in|out bfloat16|float16 INPUT OUTPUT\n", argv[0]);
+        fprintf(stderr, "usage: %s in|out|in-pairs|out-pairs bfloat16|float16 INPUT OUTPUT\n", argv[0]);
         return 2;
     }
-    const int to_f32 = strcmp(argv[1], "in") == 0;
+    const int to_f32 = strncmp(argv[1], "in", 2) == 0, pairs = strstr(argv[1], "-pairs") != NULL;
     const tpt_dtype dt = strcmp(argv[2], "bfloat16") == 0 ? TPT_BFLOAT16 : TPT_FLOAT16;
     size_t bytes;
     void* in = read_file(argv[3], &bytes);
@@ -79,7 +110,13 @@ int main(int argc, char** argv) {
     const int64_t n = (int64_t)(bytes / (to_f32 ? 2 : 4));
     const size_t out_bytes = (size_t)n * (to_f32 ? 4 : 2);
     void* out = malloc(out_bytes + 64);
-    if (to_f32) to_float((float*)out, (const uint16_t*)in, dt, n);
+    if (pairs && dt != TPT_BFLOAT16) {
+        fprintf(stderr, "the pair words are bfloat16's\n");
+        return 2;
+    }
+    if (to_f32 && pairs) pairs_to_float((float*)out, (const uint16_t*)in, n);
+    else if (to_f32) to_float((float*)out, (const uint16_t*)in, dt, n);
+    else if (pairs) pairs_from_float((uint16_t*)out, (const float*)in, n);
     else from_float((uint16_t*)out, (const float*)in, dt, n);
     FILE* f = fopen(argv[4], "wb");
     if (!f || fwrite(out, 1, out_bytes, f) != out_bytes) {

@@ -35,7 +35,9 @@
 #include "rotate.h"
 #include "swiglu.h"
 
-enum { M = 300, N_PHASES = 3, P = 70, D = N_PHASES * P, T = 100, OFFSET = 3, VOCAB = 50, F = 77 };
+/* D, P and F even: bfloat16 rows of the row kernels take their pair loops (ROW_BF16_PAIRS), 35 to 105 words
+ * a row, so the vector bodies and their tails */
+enum { M = 300, N_PHASES = 3, P = 70, D = N_PHASES * P, T = 100, OFFSET = 3, VOCAB = 50, F = 78 };
 enum { ROPE_B = 2, ROPE_T = M / ROPE_B, ROPE_H = 4, ROPE_HKV = 2, ROPE_HD = 38 };
 enum { ROPE_W = (ROPE_H + 2 * ROPE_HKV) * ROPE_HD };
 enum { MOE_E = 13, MOE_K = 3, MOE_A = M * MOE_K };
