@@ -13,8 +13,10 @@
  * Work is split over tasks, each computed by one thread in a fixed order, so
  * results do not depend on how tasks are spread over threads: (b, key/value
  * head, query tile) for the forward (the group's query heads share the
- * tile's keys and values), (b, key/value head) for the backward, whose dk
- * and dv sum over the group's query heads and the query tiles in that order. */
+ * tile's keys and values), (b, key/value head) for the backward, which walks
+ * the key tiles in order and, per key tile, the group's query heads and their
+ * query tiles: dk and dv sum over the heads and the query tiles in that
+ * order, dq over the key tiles in order. */
 #ifndef TPT_ATTENTION_H
 #define TPT_ATTENTION_H
 #include "common.h"
@@ -51,8 +53,8 @@ int attention_forward_f64(void* out, double* lse, const void* q, const void* k, 
  * recomputed from lse:
  *   p_ij = exp(s_ij - lse_i),  D_i = dout_i . out_i,  ds_ij = p_ij (dout_i . v_j - D_i),
  *   dq_i = scale sum_j ds_ij k_j,  dk_j = scale sum_i ds_ij q_i,  dv_j = sum_i p_ij dout_i,
- * dk and dv summed over the group's query heads in head order, each head's
- * query tiles in order. */
+ * key tiles outer: dk and dv summed over the group's query heads in head
+ * order, each head's query tiles in order, dq over the key tiles in order. */
 int attention_backward_f32(void* dq, void* dk, void* dv, const void* dout, const void* q, const void* k,
                            const void* v, const void* out, const float* lse, tpt_dtype dt, int64_t task_begin,
                            int64_t task_end, int64_t H, int64_t Hkv, int64_t T, int64_t Tk, int64_t hd,
