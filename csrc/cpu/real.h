@@ -118,4 +118,64 @@ static inline void SFX(tpt_sum_rows)(real* sums, const real* const* rows, int64_
     }
     for (int r = 0; r < TPT_SUM_ROWS; r++) sums[r] = s[r];
 }
+
+/* The sums of bfloat16 rows straight from storage, without a scratch row:
+ * the bits of tpt_sum / tpt_dot / tpt_sum_rows over the row converted. The
+ * row is read as pair words (tpt_bf16_load_pair), so the even and odd
+ * elements come out in 32-bit lanes with no widening shuffles; lane l of
+ * those sums is kept as even[l / 2] or odd[l / 2], so every lane still adds
+ * its own elements in order. */
+
+/* Elements [i, i + TPT_LANES) of a bfloat16 row (i even), or their squares,
+ * into the lanes even (lanes 0, 2, ...) and odd (lanes 1, 3, ...). */
+TPT_INLINE void SFX(tpt_bf16_add_lanes)(real* even, real* odd, const void* row, int64_t i, int squares) {
+    for (int k = 0; k < TPT_LANES / 2; k++) {
+        const uint32_t w = tpt_bf16_load_pair(row, i / 2 + k);
+        const real e = tpt_bf16_even(w), o = tpt_bf16_odd(w);
+        even[k] += squares ? e * e : e;
+        odd[k] += squares ? o * o : o;
+    }
+}
+
+/* The lanes' total, in lane order, then the elements [i, n) one by one. */
+TPT_INLINE real SFX(tpt_bf16_lanes_total)(const real* even, const real* odd, const void* row, int64_t i, int64_t n,
+                                          int squares) {
+    real s = 0;
+    for (int l = 0; l < TPT_LANES; l++) s += l % 2 ? odd[l / 2] : even[l / 2];
+    for (; i < n; i++) {
+        const real v = tpt_bf16_to_float(((const uint16_t*)row)[i]);
+        s += squares ? v * v : v;
+    }
+    return s;
+}
+
+/* SFX(tpt_sum)(row, n), or SFX(tpt_dot)(row, row, n) when squares is set, of a bfloat16 row */
+TPT_INLINE real SFX(tpt_sum_bf16)(const void* row, int squares, int64_t n) {
+    real even[TPT_LANES / 2] = {0}, odd[TPT_LANES / 2] = {0};
+    int64_t i = 0;
+    for (; i + TPT_LANES <= n; i += TPT_LANES) SFX(tpt_bf16_add_lanes)(even, odd, row, i, squares);
+    return SFX(tpt_bf16_lanes_total)(even, odd, row, i, n, squares);
+}
+
+/* SFX(tpt_sum_rows) of bfloat16 rows */
+TPT_INLINE void SFX(tpt_sum_rows_bf16)(real* sums, const void* const* rows, int64_t count, int64_t n) {
+    if (count < TPT_SUM_ROWS) {
+        for (int64_t r = 0; r < count; r++) sums[r] = SFX(tpt_sum_bf16)(rows[r], 0, n);
+        return;
+    }
+    real even_a[TPT_LANES / 2] = {0}, even_b[TPT_LANES / 2] = {0}, even_c[TPT_LANES / 2] = {0},
+         even_d[TPT_LANES / 2] = {0};
+    real odd_a[TPT_LANES / 2] = {0}, odd_b[TPT_LANES / 2] = {0}, odd_c[TPT_LANES / 2] = {0}, odd_d[TPT_LANES / 2] = {0};
+    int64_t i = 0;
+    for (; i + TPT_LANES <= n; i += TPT_LANES) {
+        SFX(tpt_bf16_add_lanes)(even_a, odd_a, rows[0], i, 0);
+        SFX(tpt_bf16_add_lanes)(even_b, odd_b, rows[1], i, 0);
+        SFX(tpt_bf16_add_lanes)(even_c, odd_c, rows[2], i, 0);
+        SFX(tpt_bf16_add_lanes)(even_d, odd_d, rows[3], i, 0);
+    }
+    sums[0] = SFX(tpt_bf16_lanes_total)(even_a, odd_a, rows[0], i, n, 0);
+    sums[1] = SFX(tpt_bf16_lanes_total)(even_b, odd_b, rows[1], i, n, 0);
+    sums[2] = SFX(tpt_bf16_lanes_total)(even_c, odd_c, rows[2], i, n, 0);
+    sums[3] = SFX(tpt_bf16_lanes_total)(even_d, odd_d, rows[3], i, n, 0);
+}
 #endif
