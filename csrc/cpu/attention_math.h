@@ -1,8 +1,9 @@
-/* The per-element arithmetic of causal flash attention, for the C kernels
- * (attention.inc) and the CUDA kernels (csrc/cuda/attention.cuh): the score's
- * probability from a running maximum or the saved lse (common.h's tpt_exp_nonpos), the
- * score gradient and the log of the softmax denominator. A per-precision
- * math header (csrc/README.md). */
+/* The per-element arithmetic of causal flash attention for the CUDA kernels
+ * (csrc/cuda/attention.cuh): the score's probability from a running maximum or
+ * the saved lse (common.h's tpt_exp_nonpos), the score gradient and the log of
+ * the softmax denominator. The C kernels (attention.inc) compute the
+ * probabilities in base 2 with fused multiply-adds instead (at_exp2_nonpos). A
+ * per-precision math header (csrc/README.md). */
 
 #if (TPT_PRECISION == 32 && !defined(TPT_ATTENTION_MATH_32)) || (TPT_PRECISION == 64 && !defined(TPT_ATTENTION_MATH_64))
 #if TPT_PRECISION == 32
