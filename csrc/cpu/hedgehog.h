@@ -21,18 +21,6 @@ extern "C" {
 
 /* Tokens per chunk of the causal form. */
 #define TPT_HEDGEHOG_CHUNK 64
-/* Chunks per checkpoint block (512 tokens). The causal forward keeps the
- * state (S, z) at the start of every block but the first; the backward
- * restarts each block from its checkpoint and runs both of its passes over
- * the block's 512 tokens, which stay in the core's L2 cache in between,
- * instead of both passes over all T tokens (at T = 16384 the second pass
- * would read phi_q, dy, phi_k and v from memory again). */
-#define TPT_HEDGEHOG_BLOCK_CHUNKS 8
-#define TPT_HEDGEHOG_BLOCK (TPT_HEDGEHOG_CHUNK * TPT_HEDGEHOG_BLOCK_CHUNKS)
-
-/* Checkpoints of a causal head of T tokens: one per block after the first,
- * each K * Dv values of S then K of z (K * (Dv + 1) in all). */
-TPT_HD int64_t tpt_hedgehog_checkpoints(int64_t T) { return T > 0 ? (T - 1) / TPT_HEDGEHOG_BLOCK : 0; }
 
 /* phi[r] = concat(softmax(u[r]), softmax(-u[r])) for rows [row_begin, row_end),
  * each softmax over the row's F values with its maximum subtracted, exp in
@@ -56,17 +44,13 @@ int hedgehog_feature_map_backward_f64(void* du, const void* dphi, const void* u,
  * the earlier chunks plus the masked intra-chunk scores (hedgehog.md). When
  * S_out is not NULL (causal only), the first query head of each group writes
  * the final state of its key/value head into S_out [B, Hkv, K, Dv] and
- * z_out [B, Hkv, K]; when checkpoints is not NULL (causal only), it writes
- * the state at the start of each block after the first into checkpoints
- * [B, Hkv, tpt_hedgehog_checkpoints(T), K * (Dv + 1)] for the backward. */
-int linear_attention_forward_f32(void* y, float* S_out, float* z_out, float* checkpoints, const void* phi_q,
-                                 const void* phi_k, const void* v, tpt_dtype dt, int64_t task_begin,
-                                 int64_t task_end, int64_t H, int64_t Hkv, int64_t T, int64_t K, int64_t Dv,
-                                 int causal, double eps);
-int linear_attention_forward_f64(void* y, double* S_out, double* z_out, double* checkpoints, const void* phi_q,
-                                 const void* phi_k, const void* v, tpt_dtype dt, int64_t task_begin,
-                                 int64_t task_end, int64_t H, int64_t Hkv, int64_t T, int64_t K, int64_t Dv,
-                                 int causal, double eps);
+ * z_out [B, Hkv, K]. */
+int linear_attention_forward_f32(void* y, float* S_out, float* z_out, const void* phi_q, const void* phi_k,
+                                 const void* v, tpt_dtype dt, int64_t task_begin, int64_t task_end, int64_t H,
+                                 int64_t Hkv, int64_t T, int64_t K, int64_t Dv, int causal, double eps);
+int linear_attention_forward_f64(void* y, double* S_out, double* z_out, const void* phi_q, const void* phi_k,
+                                 const void* v, tpt_dtype dt, int64_t task_begin, int64_t task_end, int64_t H,
+                                 int64_t Hkv, int64_t T, int64_t K, int64_t Dv, int causal, double eps);
 
 /* dq [B, H, T, K], dk [B, Hkv, T, K], dv [B, Hkv, T, Dv] (dt) from dy for the
  * (b, g) tasks [task_begin, task_end) of B * Hkv. A forward pass over the
@@ -77,18 +61,15 @@ int linear_attention_forward_f64(void* y, double* S_out, double* z_out, double* 
  * R_j = sum_{i>=j} q_i a_i^T and r_j = sum_{i>=j} c_i q_i and sums
  *   dk_j = R_j v_j + r_j,   dv_j = R_j^T k_j
  * over the group's heads in head order, chunk by chunk (sums over all i in
- * the non-causal form). Causal, the two passes run block by block, the last
- * block first, each forward pass starting from the forward's checkpoint
- * (checkpoints as linear_attention_forward wrote them; unused non-causal):
- * the chunks' states, hence every sum, are those of one pass over all T. */
+ * the non-causal form). */
 int linear_attention_backward_f32(void* dq, void* dk, void* dv, const void* dy, const void* phi_q,
-                                  const void* phi_k, const void* v, const float* checkpoints, tpt_dtype dt,
-                                  int64_t task_begin, int64_t task_end, int64_t H, int64_t Hkv, int64_t T,
-                                  int64_t K, int64_t Dv, int causal, double eps);
+                                  const void* phi_k, const void* v, tpt_dtype dt, int64_t task_begin,
+                                  int64_t task_end, int64_t H, int64_t Hkv, int64_t T, int64_t K, int64_t Dv,
+                                  int causal, double eps);
 int linear_attention_backward_f64(void* dq, void* dk, void* dv, const void* dy, const void* phi_q,
-                                  const void* phi_k, const void* v, const double* checkpoints, tpt_dtype dt,
-                                  int64_t task_begin, int64_t task_end, int64_t H, int64_t Hkv, int64_t T,
-                                  int64_t K, int64_t Dv, int causal, double eps);
+                                  const void* phi_k, const void* v, tpt_dtype dt, int64_t task_begin,
+                                  int64_t task_end, int64_t H, int64_t Hkv, int64_t T, int64_t K, int64_t Dv,
+                                  int causal, double eps);
 
 /* One decoding token for the (b, g) tasks [task_begin, task_end) of B * Hkv:
  *   S' = S + k v^T,  z' = z + k,  y_h = q_h S' / (q_h . z' + eps)  for the group's query heads,

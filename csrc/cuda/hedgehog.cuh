@@ -170,8 +170,7 @@ __device__ static void SFX(la_full_state)(SFX(la_buffers) * s, const void* k_hea
     }
 }
 
-static __global__ void SFX(linear_attention_forward_kernel)(void* y, real* S_out, real* z_out, real* checkpoints,
-                                                            real* workspace,
+static __global__ void SFX(linear_attention_forward_kernel)(void* y, real* S_out, real* z_out, real* workspace,
                                                             const void* phi_q, const void* phi_k, const void* v,
                                                             tpt_dtype dt, int64_t H, int64_t Hkv, int64_t T,
                                                             int64_t K, int64_t Dv, int causal, real eps) {
@@ -185,15 +184,8 @@ static __global__ void SFX(linear_attention_forward_kernel)(void* y, real* S_out
     SFX(la_zero)(s.S, K * Dv);
     SFX(la_zero)(s.z, K);
     if (!causal) SFX(la_full_state)(&s, k_head, v_head, dt, T, K, Dv);
-    real* head_checkpoints =
-        causal && h % group == 0 ? checkpoints + kv * tpt_hedgehog_checkpoints(T) * K * (Dv + 1) : NULL;
     for (int64_t t0 = 0; t0 < T; t0 += HH_C) {
         const int64_t n = T - t0 < HH_C ? T - t0 : HH_C;
-        if (head_checkpoints && t0 > 0 && t0 % TPT_HEDGEHOG_BLOCK == 0) {
-            real* checkpoint = head_checkpoints + (t0 / TPT_HEDGEHOG_BLOCK - 1) * K * (Dv + 1);
-            for (int64_t x = threadIdx.x; x < K * Dv + K; x += blockDim.x)
-                checkpoint[x] = x < K * Dv ? s.S[x] : s.z[x - K * Dv];
-        }
         SFX(la_load)(s.q, q_head, dt, t0, n, K);
         SFX(la_load)(s.k, k_head, dt, t0, n, K);
         SFX(la_load)(s.v, v_head, dt, t0, n, Dv);
@@ -367,14 +359,14 @@ extern "C" int TPT_LAUNCHER_NAME(hedgehog_feature_map_backward)(void* du, real* 
     return tpt_cuda_status();
 }
 
-extern "C" int TPT_LAUNCHER_NAME(linear_attention_forward)(void* y, real* S_out, real* z_out, real* checkpoints,
-                                                           real* workspace, const void* phi_q, const void* phi_k,
-                                                           const void* v, tpt_dtype dt, int64_t B, int64_t H,
-                                                           int64_t Hkv, int64_t T, int64_t K, int64_t Dv, int causal,
-                                                           double eps, cudaStream_t stream) {
+extern "C" int TPT_LAUNCHER_NAME(linear_attention_forward)(void* y, real* S_out, real* z_out, real* workspace,
+                                                           const void* phi_q, const void* phi_k, const void* v,
+                                                           tpt_dtype dt, int64_t B, int64_t H, int64_t Hkv, int64_t T,
+                                                           int64_t K, int64_t Dv, int causal, double eps,
+                                                           cudaStream_t stream) {
     if (B * H <= 0 || T <= 0) return TPT_OK;
     SFX(linear_attention_forward_kernel)<<<(unsigned)(B * H), TPT_CUDA_THREADS, 0, stream>>>(
-        y, S_out, z_out, checkpoints, workspace, phi_q, phi_k, v, dt, H, Hkv, T, K, Dv, causal, (real)eps);
+        y, S_out, z_out, workspace, phi_q, phi_k, v, dt, H, Hkv, T, K, Dv, causal, (real)eps);
     return tpt_cuda_status();
 }
 

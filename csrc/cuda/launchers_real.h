@@ -78,16 +78,15 @@ int TPT_LAUNCHER(moe_unpermute_backward)(void* dout, real* dgates, const void* d
 
 /* hedgehog.h. Workspaces: tpt_cuda_feature_map_workspace(rows, F, backward) and
  * tpt_cuda_linear_attention_workspace(tasks, T, K, Dv, backward) with tasks B * H (forward) or B * Hkv
- * (backward); one thread block runs one task, in the C kernel's order. The forward writes the C kernel's
- * checkpoints; the backward recomputes every chunk state from the start instead of reading them. */
+ * (backward); one thread block runs one task, in the C kernel's order. */
 int TPT_LAUNCHER(hedgehog_feature_map_forward)(void* phi, real* workspace, const void* u, tpt_dtype dt,
                                                int64_t rows, int64_t F, cudaStream_t stream);
 int TPT_LAUNCHER(hedgehog_feature_map_backward)(void* du, real* workspace, const void* dphi, const void* u,
                                                 tpt_dtype dt, int64_t rows, int64_t F, cudaStream_t stream);
-int TPT_LAUNCHER(linear_attention_forward)(void* y, real* S_out, real* z_out, real* checkpoints, real* workspace,
-                                           const void* phi_q, const void* phi_k, const void* v, tpt_dtype dt,
-                                           int64_t B, int64_t H, int64_t Hkv, int64_t T, int64_t K, int64_t Dv,
-                                           int causal, double eps, cudaStream_t stream);
+int TPT_LAUNCHER(linear_attention_forward)(void* y, real* S_out, real* z_out, real* workspace, const void* phi_q,
+                                           const void* phi_k, const void* v, tpt_dtype dt, int64_t B, int64_t H,
+                                           int64_t Hkv, int64_t T, int64_t K, int64_t Dv, int causal, double eps,
+                                           cudaStream_t stream);
 int TPT_LAUNCHER(linear_attention_backward)(void* dq, void* dk, void* dv, real* workspace, const void* dy,
                                             const void* phi_q, const void* phi_k, const void* v, tpt_dtype dt,
                                             int64_t B, int64_t H, int64_t Hkv, int64_t T, int64_t K, int64_t Dv,

@@ -46,7 +46,7 @@ NP_FUNCTION(linear_attention_forward) {
     const tpt_dtype dt = np_dtype(q);
     int status;
     Py_BEGIN_ALLOW_THREADS
-    status = NP_BY_PRECISION(dt, linear_attention_forward, PyArray_DATA(y), NULL, NULL, NULL, PyArray_DATA(q),
+    status = NP_BY_PRECISION(dt, linear_attention_forward, PyArray_DATA(y), NULL, NULL, PyArray_DATA(q),
                              PyArray_DATA(k), PyArray_DATA(v), dt, 0, B * H, H, Hkv, T, K, Dv, causal, eps);
     Py_END_ALLOW_THREADS
     NP_KERNEL_STATUS(status);

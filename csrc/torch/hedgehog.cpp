@@ -124,24 +124,15 @@ Dims check_attention(Tensor& phi_q, Tensor& phi_k, Tensor& v, double eps, const 
   return d;
 }
 
-// The causal forward's checkpoints for the backward [B, Hkv, tpt_hedgehog_checkpoints(T), K * (Dv + 1)] in the
-// compute precision; none non-causal.
-Tensor new_checkpoints(const Tensor& phi_q, const Dims& d, bool causal) {
-  const int64_t count = causal ? tpt_hedgehog_checkpoints(d.T) : 0;
-  return torch::stable::new_empty(phi_q, {d.B, d.Hkv, count, d.K * (d.Dv + 1)}, compute_type(d.dt));
-}
-
 // Forward tasks (b, h): about 64 KiB of token rows a task is far below one head, so one head a task.
-// Returns (y, S, z, checkpoints); S and z are empty unless with_state.
-std::tuple<Tensor, Tensor, Tensor, Tensor> attention_forward(Tensor phi_q, Tensor phi_k, Tensor v, bool causal,
-                                                             double eps, bool with_state, const char* op) {
+std::tuple<Tensor, Tensor, Tensor> attention_forward(Tensor phi_q, Tensor phi_k, Tensor v, bool causal, double eps,
+                                                     bool with_state, const char* op) {
   const Dims d = check_attention(phi_q, phi_k, v, eps, op);
   const ScalarType ct = compute_type(d.dt);
   Tensor y = torch::stable::new_empty(phi_q, {d.B, d.H, d.T, d.Dv});
   advise_huge_pages(y);
   Tensor S = torch::stable::new_zeros(phi_q, {with_state ? d.B : 0, d.Hkv, d.K, d.Dv}, ct);
   Tensor z = torch::stable::new_zeros(phi_q, {with_state ? d.B : 0, d.Hkv, d.K}, ct);
-  Tensor checkpoints = new_checkpoints(phi_q, d, causal);
 #ifdef TPT_WITH_CUDA
   if (phi_q.is_cuda()) {
     const CudaLaunch launch(phi_q);
@@ -151,8 +142,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> attention_forward(Tensor phi_q, Tenso
                    using real = decltype(tag);
                    return kernels::tpt_cuda_linear_attention_forward<real>(
                        y.mutable_data_ptr(), with_state ? S.mutable_data_ptr<real>() : nullptr,
-                       with_state ? z.mutable_data_ptr<real>() : nullptr, checkpoints.mutable_data_ptr<real>(),
-                       workspace.mutable_data_ptr<real>(),
+                       with_state ? z.mutable_data_ptr<real>() : nullptr, workspace.mutable_data_ptr<real>(),
                        phi_q.const_data_ptr(), phi_k.const_data_ptr(), v.const_data_ptr(), d.dt, d.B, d.H, d.Hkv,
                        d.T, d.K, d.Dv, causal, eps, launch.stream);
                  }),
@@ -164,30 +154,26 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> attention_forward(Tensor phi_q, Tenso
       using real = decltype(tag);
       return kernels::linear_attention_forward<real>(
           y.mutable_data_ptr(), with_state ? S.mutable_data_ptr<real>() : nullptr,
-          with_state ? z.mutable_data_ptr<real>() : nullptr, checkpoints.mutable_data_ptr<real>(),
-          phi_q.const_data_ptr(), phi_k.const_data_ptr(), v.const_data_ptr(), d.dt, begin, end, d.H, d.Hkv, d.T,
-          d.K, d.Dv, causal, eps);
+          with_state ? z.mutable_data_ptr<real>() : nullptr, phi_q.const_data_ptr(), phi_k.const_data_ptr(),
+          v.const_data_ptr(), d.dt, begin, end, d.H, d.Hkv, d.T, d.K, d.Dv, causal, eps);
     });
   });
-  return {y, S, z, checkpoints};
+  return {y, S, z};
 }
 
-// (y [B, H, T, Dv] in phi_q's dtype, checkpoints for the backward).
-std::tuple<Tensor, Tensor> linear_attention(Tensor phi_q, Tensor phi_k, Tensor v, bool causal, double eps) {
-  auto [y, S, z, checkpoints] = attention_forward(phi_q, phi_k, v, causal, eps, false, kAttention);
-  return {y, checkpoints};
+// y [B, H, T, Dv] in phi_q's dtype.
+Tensor linear_attention(Tensor phi_q, Tensor phi_k, Tensor v, bool causal, double eps) {
+  return std::get<0>(attention_forward(phi_q, phi_k, v, causal, eps, false, kAttention));
 }
 
-// (y, S [B, Hkv, K, Dv], z [B, Hkv, K], checkpoints) of the causal form; S and z in the compute precision.
-std::tuple<Tensor, Tensor, Tensor, Tensor> linear_attention_prefill(Tensor phi_q, Tensor phi_k, Tensor v,
-                                                                    double eps) {
+// (y, S [B, Hkv, K, Dv], z [B, Hkv, K]) of the causal form; S and z in the compute precision.
+std::tuple<Tensor, Tensor, Tensor> linear_attention_prefill(Tensor phi_q, Tensor phi_k, Tensor v, double eps) {
   return attention_forward(phi_q, phi_k, v, true, eps, true, kPrefill);
 }
 
-// (dq, dk, dv), each in its input's dtype, from dy [B, H, T, Dv] and the forward's checkpoints; tasks are
-// key/value heads (b, g).
+// (dq, dk, dv), each in its input's dtype, from dy [B, H, T, Dv]; tasks are key/value heads (b, g).
 std::tuple<Tensor, Tensor, Tensor> linear_attention_backward(Tensor dy, Tensor phi_q, Tensor phi_k, Tensor v,
-                                                             Tensor checkpoints, bool causal, double eps) {
+                                                             bool causal, double eps) {
   const char* op = kAttentionBackward;
   const ScalarType k_type = phi_k.scalar_type(), v_type = v.scalar_type();
   const Dims d = check_attention(phi_q, phi_k, v, eps, op);
@@ -196,12 +182,6 @@ std::tuple<Tensor, Tensor, Tensor> linear_attention_backward(Tensor dy, Tensor p
   const int64_t dy_sizes[4] = {d.B, d.H, d.T, d.Dv};
   TPT_RULE(op, tpt_check_shape, "dy", shape_of(dy), "[B, H, T, Dv]", dy_sizes, 4);
   dy = torch::stable::contiguous(torch::stable::to(dy, phi_q.scalar_type()));
-  storage_dtype(checkpoints, op, "checkpoints");
-  check_same_device(checkpoints, phi_q, op, "checkpoints");
-  const int64_t checkpoint_sizes[4] = {d.B, d.Hkv, causal ? tpt_hedgehog_checkpoints(d.T) : 0, d.K * (d.Dv + 1)};
-  TPT_RULE(op, tpt_check_shape, "checkpoints", shape_of(checkpoints), "[B, Hkv, (T - 1) // 512, 2F * (Dv + 1)]",
-           checkpoint_sizes, 4);
-  checkpoints = torch::stable::contiguous(torch::stable::to(checkpoints, compute_type(d.dt)));
   Tensor dq = torch::stable::empty_like(phi_q);
   Tensor dk = torch::stable::empty_like(phi_k);
   Tensor dv = torch::stable::empty_like(v);
@@ -226,8 +206,8 @@ std::tuple<Tensor, Tensor, Tensor> linear_attention_backward(Tensor dy, Tensor p
     return by_precision(d.dt, [&](auto tag) {
       return kernels::linear_attention_backward<decltype(tag)>(
           dq.mutable_data_ptr(), dk.mutable_data_ptr(), dv.mutable_data_ptr(), dy.const_data_ptr(),
-          phi_q.const_data_ptr(), phi_k.const_data_ptr(), v.const_data_ptr(),
-          checkpoints.const_data_ptr<decltype(tag)>(), d.dt, begin, end, d.H, d.Hkv, d.T, d.K, d.Dv, causal, eps);
+          phi_q.const_data_ptr(), phi_k.const_data_ptr(), v.const_data_ptr(), d.dt, begin, end, d.H, d.Hkv, d.T,
+          d.K, d.Dv, causal, eps);
     });
   });
   return {dq, torch::stable::to(dk, k_type), torch::stable::to(dv, v_type)};
@@ -284,11 +264,10 @@ std::tuple<Tensor, Tensor, Tensor> linear_attention_step(Tensor phi_q, Tensor ph
 STABLE_TORCH_LIBRARY_FRAGMENT(tpt, m) {
   m.def("hedgehog_feature_map(Tensor u) -> Tensor");
   m.def("hedgehog_feature_map_backward(Tensor dphi, Tensor u) -> Tensor");
-  m.def("linear_attention(Tensor phi_q, Tensor phi_k, Tensor v, bool causal, float eps) -> (Tensor, Tensor)");
-  m.def("linear_attention_prefill(Tensor phi_q, Tensor phi_k, Tensor v, float eps) -> "
-        "(Tensor, Tensor, Tensor, Tensor)");
-  m.def("linear_attention_backward(Tensor dy, Tensor phi_q, Tensor phi_k, Tensor v, Tensor checkpoints, bool causal, "
-        "float eps) -> (Tensor, Tensor, Tensor)");
+  m.def("linear_attention(Tensor phi_q, Tensor phi_k, Tensor v, bool causal, float eps) -> Tensor");
+  m.def("linear_attention_prefill(Tensor phi_q, Tensor phi_k, Tensor v, float eps) -> (Tensor, Tensor, Tensor)");
+  m.def("linear_attention_backward(Tensor dy, Tensor phi_q, Tensor phi_k, Tensor v, bool causal, float eps) -> "
+        "(Tensor, Tensor, Tensor)");
   m.def("linear_attention_step(Tensor phi_q, Tensor phi_k, Tensor v, Tensor S, Tensor z, float eps) -> "
         "(Tensor, Tensor, Tensor)");
 }

@@ -16,10 +16,9 @@
  *
  * Sizes: 300 rows = two full 128-row blocks and a partial one; row widths
  * that are not multiples of any vector width, so every loop runs its tail.
- * Hedgehog: grouped-query heads (4 query heads over 2 key/value heads), 1100
- * tokens = two full 512-token checkpoint blocks and a partial one (one full
- * 64-token chunk and a partial one), feature width 2 * 19 and value width 21,
- * both with vector tails. */
+ * Hedgehog: grouped-query heads (4 query heads over 2 key/value heads), 150
+ * tokens = two full 64-token chunks and a partial one, feature width 2 * 19
+ * and value width 21, both with vector tails. */
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -43,12 +42,11 @@ enum { ROPE_B = 2, ROPE_T = M / ROPE_B, ROPE_H = 4, ROPE_HKV = 2, ROPE_HD = 38 }
 enum { ROPE_W = (ROPE_H + 2 * ROPE_HKV) * ROPE_HD };
 enum { MOE_E = 13, MOE_K = 3, MOE_A = M * MOE_K };
 static const double MOE_CAPACITY_FACTOR = 0.9, MOE_DAUX = 0.7, MOE_DZ = -0.3;
-enum { HH_B = 2, HH_H = 4, HH_HKV = 2, HH_T = 1100, HH_F = 19, HH_K = 2 * HH_F, HH_DV = 21 };
+enum { HH_B = 2, HH_H = 4, HH_HKV = 2, HH_T = 150, HH_F = 19, HH_K = 2 * HH_F, HH_DV = 21 };
 /* attention: queries at positions 30 .. 129 of 130 keys, a head dim that is not a multiple of 16 */
 enum { AT_B = 2, AT_H = 6, AT_HKV = 2, AT_T = 100, AT_OFFSET = 30, AT_TK = AT_OFFSET + AT_T, AT_HD = 24 };
 enum { AT_Q_ELEMS = AT_B * AT_H * AT_T * AT_HD, AT_K_ELEMS = AT_B * AT_HKV * AT_TK * AT_HD };
 enum { HH_Q_ROWS = HH_B * HH_H * HH_T, HH_K_ROWS = HH_B * HH_HKV * HH_T, HH_ROWS = HH_Q_ROWS + HH_K_ROWS };
-enum { HH_CHECKPOINTS = HH_B * HH_HKV * ((HH_T - 1) / TPT_HEDGEHOG_BLOCK) * HH_K * (HH_DV + 1) };
 enum { N_THREADS = 3 };
 static const double EPS = 1e-6;
 
@@ -125,7 +123,7 @@ typedef struct {
     int64_t *moe_experts, *moe_slots, *moe_slot_token, *moe_counts;
     /* hedgehog: u holds the query rows then the key rows, so the feature map writes phi_q then phi_k into phi */
     void *hh_u, *hh_phi, *hh_phi_q, *hh_phi_k, *hh_dphi, *hh_du, *hh_v;
-    void *hh_y_causal, *hh_S, *hh_z, *hh_checkpoints, *hh_dy, *hh_dq_causal, *hh_dk_causal, *hh_dv_causal;
+    void *hh_y_causal, *hh_S, *hh_z, *hh_dy, *hh_dq_causal, *hh_dk_causal, *hh_dv_causal;
     void *hh_y_full, *hh_dq_full, *hh_dk_full, *hh_dv_full;
     void *hh_step_q, *hh_step_k, *hh_step_v, *hh_step_y, *hh_step_S, *hh_step_z;
     /* attention: the backward reads the forward's out and lse */
@@ -241,7 +239,6 @@ static Case make_case(tpt_dtype dt) {
     c.hh_y_causal = zeros(dt, HH_Q_ROWS * HH_DV);
     c.hh_S = zeros(c.ct, HH_B * HH_HKV * HH_K * HH_DV);
     c.hh_z = zeros(c.ct, HH_B * HH_HKV * HH_K);
-    c.hh_checkpoints = zeros(c.ct, HH_CHECKPOINTS);
     c.hh_dy = storage_array(dt, HH_Q_ROWS * HH_DV, -1, 1);
     c.hh_dq_causal = zeros(dt, HH_Q_ROWS * HH_K);
     c.hh_dk_causal = zeros(dt, HH_K_ROWS * HH_K);
@@ -416,18 +413,17 @@ static int run_range(Case* c, Kernel k, int64_t begin, int64_t end) {
     case HEDGEHOG_FEATURE_MAP_BACKWARD:
         return CALL(c, hedgehog_feature_map_backward, c->hh_du, c->hh_dphi, c->hh_u, dt, begin, end, HH_F);
     case LINEAR_ATTENTION_PREFILL:
-        return CALL(c, linear_attention_forward, c->hh_y_causal, c->hh_S, c->hh_z, c->hh_checkpoints, c->hh_phi_q,
-                    c->hh_phi_k, c->hh_v, dt, begin, end, HH_H, HH_HKV, HH_T, HH_K, HH_DV, 1, EPS);
+        return CALL(c, linear_attention_forward, c->hh_y_causal, c->hh_S, c->hh_z, c->hh_phi_q, c->hh_phi_k,
+                    c->hh_v, dt, begin, end, HH_H, HH_HKV, HH_T, HH_K, HH_DV, 1, EPS);
     case LINEAR_ATTENTION_CAUSAL_BACKWARD:
         return CALL(c, linear_attention_backward, c->hh_dq_causal, c->hh_dk_causal, c->hh_dv_causal, c->hh_dy,
-                    c->hh_phi_q, c->hh_phi_k, c->hh_v, c->hh_checkpoints, dt, begin, end, HH_H, HH_HKV, HH_T, HH_K,
-                    HH_DV, 1, EPS);
+                    c->hh_phi_q, c->hh_phi_k, c->hh_v, dt, begin, end, HH_H, HH_HKV, HH_T, HH_K, HH_DV, 1, EPS);
     case LINEAR_ATTENTION_NONCAUSAL_FORWARD:
-        return CALL(c, linear_attention_forward, c->hh_y_full, NULL, NULL, NULL, c->hh_phi_q, c->hh_phi_k, c->hh_v,
-                    dt, begin, end, HH_H, HH_HKV, HH_T, HH_K, HH_DV, 0, EPS);
+        return CALL(c, linear_attention_forward, c->hh_y_full, NULL, NULL, c->hh_phi_q, c->hh_phi_k, c->hh_v, dt,
+                    begin, end, HH_H, HH_HKV, HH_T, HH_K, HH_DV, 0, EPS);
     case LINEAR_ATTENTION_NONCAUSAL_BACKWARD:
         return CALL(c, linear_attention_backward, c->hh_dq_full, c->hh_dk_full, c->hh_dv_full, c->hh_dy,
-                    c->hh_phi_q, c->hh_phi_k, c->hh_v, NULL, dt, begin, end, HH_H, HH_HKV, HH_T, HH_K, HH_DV, 0, EPS);
+                    c->hh_phi_q, c->hh_phi_k, c->hh_v, dt, begin, end, HH_H, HH_HKV, HH_T, HH_K, HH_DV, 0, EPS);
     case LINEAR_ATTENTION_STEP: /* from the prefill's state */
         return CALL(c, linear_attention_step, c->hh_step_y, c->hh_step_S, c->hh_step_z, c->hh_step_q,
                     c->hh_step_k, c->hh_step_v, c->hh_S, c->hh_z, dt, begin, end, HH_H, HH_HKV, HH_K, HH_DV, EPS);
@@ -551,8 +547,7 @@ static uint64_t output_hash(const Case* c, Kernel k) {
     case LINEAR_ATTENTION_PREFILL:
         h = fnv1a(h, c->hh_y_causal, HH_Q_ROWS * HH_DV, dt);
         h = fnv1a(h, c->hh_S, HH_B * HH_HKV * HH_K * HH_DV, ct);
-        h = fnv1a(h, c->hh_z, HH_B * HH_HKV * HH_K, ct);
-        return fnv1a(h, c->hh_checkpoints, HH_CHECKPOINTS, ct);
+        return fnv1a(h, c->hh_z, HH_B * HH_HKV * HH_K, ct);
     case LINEAR_ATTENTION_CAUSAL_BACKWARD:
         h = fnv1a(h, c->hh_dq_causal, HH_Q_ROWS * HH_K, dt);
         h = fnv1a(h, c->hh_dk_causal, HH_K_ROWS * HH_K, dt);

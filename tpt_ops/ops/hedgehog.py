@@ -17,9 +17,6 @@ require_extension(__name__)  # the registrations below attach to torch.ops.tpt.*
 FEATURE_MAP, ATTENTION, PREFILL, STEP = ("hedgehog_feature_map", "linear_attention", "linear_attention_prefill",
                                          "linear_attention_step")
 DEFAULT_EPS = 1e-12
-# Tokens per checkpoint block of the causal form (TPT_HEDGEHOG_BLOCK, csrc/cpu/hedgehog.h): the forward keeps the
-# state (S, z) at the start of every block but the first, and the backward restarts each block from it.
-CHECKPOINT_BLOCK = 512
 
 
 # ---- fake kernels: the rules of csrc/cpu/checks.c and the output sizes ----
@@ -45,36 +42,27 @@ def _check_attention(op: str, phi_q: Tensor, phi_k: Tensor, v: Tensor, eps: floa
     return dims
 
 
-def _checkpoint_sizes(B: int, Hkv: int, T: int, K: int, Dv: int, causal: bool) -> tuple[int, ...]:
-    """[B, Hkv, n, K * (Dv + 1)]: S then z at the start of each checkpoint block after the first (causal)."""
-    return B, Hkv, (T - 1) // CHECKPOINT_BLOCK if causal and T > 0 else 0, K * (Dv + 1)
-
-
 @torch.library.register_fake("tpt::linear_attention")
-def _attention_fake(phi_q: Tensor, phi_k: Tensor, v: Tensor, causal: bool, eps: float) -> tuple[Tensor, Tensor]:
-    B, H, Hkv, T, K, Dv = _check_attention(ATTENTION, phi_q, phi_k, v, eps)
-    ct = compute_dtype(phi_q.dtype)
-    return phi_q.new_empty((B, H, T, Dv)), phi_q.new_empty(_checkpoint_sizes(B, Hkv, T, K, Dv, causal), dtype=ct)
+def _attention_fake(phi_q: Tensor, phi_k: Tensor, v: Tensor, causal: bool, eps: float) -> Tensor:
+    B, H, _Hkv, T, _K, Dv = _check_attention(ATTENTION, phi_q, phi_k, v, eps)
+    return phi_q.new_empty((B, H, T, Dv))
 
 
 @torch.library.register_fake("tpt::linear_attention_prefill")
-def _prefill_fake(phi_q: Tensor, phi_k: Tensor, v: Tensor, eps: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def _prefill_fake(phi_q: Tensor, phi_k: Tensor, v: Tensor, eps: float) -> tuple[Tensor, Tensor, Tensor]:
     B, H, Hkv, T, K, Dv = _check_attention(PREFILL, phi_q, phi_k, v, eps)
     ct = compute_dtype(phi_q.dtype)
-    return (phi_q.new_empty((B, H, T, Dv)), phi_q.new_empty((B, Hkv, K, Dv), dtype=ct),
-            phi_q.new_empty((B, Hkv, K), dtype=ct), phi_q.new_empty(_checkpoint_sizes(B, Hkv, T, K, Dv, True), dtype=ct))
+    return phi_q.new_empty((B, H, T, Dv)), phi_q.new_empty((B, Hkv, K, Dv), dtype=ct), phi_q.new_empty(
+        (B, Hkv, K), dtype=ct)
 
 
 @torch.library.register_fake("tpt::linear_attention_backward")
-def _attention_backward_fake(dy: Tensor, phi_q: Tensor, phi_k: Tensor, v: Tensor, checkpoints: Tensor, causal: bool,
+def _attention_backward_fake(dy: Tensor, phi_q: Tensor, phi_k: Tensor, v: Tensor, causal: bool,
                              eps: float) -> tuple[Tensor, Tensor, Tensor]:
     op = ATTENTION + "_backward"
-    B, H, Hkv, T, K, Dv = _check_attention(op, phi_q, phi_k, v, eps)
+    B, H, _Hkv, T, _K, Dv = _check_attention(op, phi_q, phi_k, v, eps)
     check_float(op, "dy", dy)
     check_shape(op, "dy", dy, "[B, H, T, Dv]", (B, H, T, Dv), phi_q)
-    check_float(op, "checkpoints", checkpoints)
-    check_shape(op, "checkpoints", checkpoints, "[B, Hkv, (T - 1) // 512, 2F * (Dv + 1)]",
-                _checkpoint_sizes(B, Hkv, T, K, Dv, causal), phi_q)
     return phi_q.new_empty(phi_q.shape), phi_k.new_empty(phi_k.shape), v.new_empty(v.shape)
 
 
@@ -173,32 +161,31 @@ def _feature_map_backward(ctx, dphi: Tensor):
 
 
 def _attention_grads(ctx, dy: Tensor, causal: bool):
-    phi_q, phi_k, v, checkpoints = ctx.saved_tensors
+    phi_q, phi_k, v = ctx.saved_tensors
     if torch.is_grad_enabled():  # create_graph=True: the gradient must itself be differentiable
         dq, dk, dv = linear_attention_vjp(dy, phi_q, phi_k, v, causal, ctx.eps)
         return dq.to(phi_q.dtype), dk.to(phi_k.dtype), dv.to(v.dtype)
-    return torch.ops.tpt.linear_attention_backward(dy, phi_q, phi_k, v, checkpoints, causal, ctx.eps)
+    return torch.ops.tpt.linear_attention_backward(dy, phi_q, phi_k, v, causal, ctx.eps)
 
 
 def _attention_setup_context(ctx, inputs, output) -> None:
     phi_q, phi_k, v, causal, eps = inputs
-    ctx.save_for_backward(phi_q, phi_k, v, output[1])
+    ctx.save_for_backward(phi_q, phi_k, v)
     ctx.causal, ctx.eps = causal, eps
-    ctx.mark_non_differentiable(output[1])
 
 
-def _attention_backward(ctx, dy: Tensor, _dcheckpoints):
+def _attention_backward(ctx, dy: Tensor):
     return (*_attention_grads(ctx, dy, ctx.causal), None, None)
 
 
 def _prefill_setup_context(ctx, inputs, output) -> None:
     phi_q, phi_k, v, eps = inputs
-    ctx.save_for_backward(phi_q, phi_k, v, output[3])
+    ctx.save_for_backward(phi_q, phi_k, v)
     ctx.eps = eps
-    ctx.mark_non_differentiable(output[1], output[2], output[3])
+    ctx.mark_non_differentiable(output[1], output[2])
 
 
-def _prefill_backward(ctx, dy: Tensor, _dS, _dz, _dcheckpoints):
+def _prefill_backward(ctx, dy: Tensor, _dS, _dz):
     return (*_attention_grads(ctx, dy, True), None)
 
 
@@ -241,9 +228,8 @@ def linear_attention(phi_q: Tensor, phi_k: Tensor, v: Tensor, causal: bool = Tru
     of Hkv (query head h reads key/value head ``h // (H / Hkv)``, nothing copied) -> ``[B, H, T, Dv]`` in
     ``phi_q``'s dtype. ``S_i = sum_j phi_k_j v_j^T`` and ``z_i = sum_j phi_k_j`` over ``j <= i`` (causal,
     computed in chunks of 64 tokens) or over all j; state and sums in float32 (float64 for float64)
-    whatever the storage dtype. Memory O(T): for the backward the forward keeps the state every 512 tokens
-    (causal) and the backward recomputes the states in between. Bitwise deterministic."""
-    return torch.ops.tpt.linear_attention(phi_q, phi_k, v, causal, eps)[0]
+    whatever the storage dtype. Memory O(T); the backward recomputes the states. Bitwise deterministic."""
+    return torch.ops.tpt.linear_attention(phi_q, phi_k, v, causal, eps)
 
 
 def linear_attention_prefill(phi_q: Tensor, phi_k: Tensor, v: Tensor,
@@ -251,8 +237,7 @@ def linear_attention_prefill(phi_q: Tensor, phi_k: Tensor, v: Tensor,
     """``(y, S, z)``: the causal :func:`linear_attention` and the decoding state after the last token,
     ``S`` ``[B, Hkv, 2F, Dv]`` and ``z`` ``[B, Hkv, 2F]`` per key/value head, in float32 (float64 for
     float64). ``y`` is differentiable; the state is not (it is a cache for :func:`linear_attention_step`)."""
-    y, S, z, _checkpoints = torch.ops.tpt.linear_attention_prefill(phi_q, phi_k, v, eps)
-    return y, S, z
+    return tuple(torch.ops.tpt.linear_attention_prefill(phi_q, phi_k, v, eps))
 
 
 def linear_attention_step(phi_q: Tensor, phi_k: Tensor, v: Tensor, S: Tensor, z: Tensor,
