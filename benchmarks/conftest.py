@@ -8,6 +8,7 @@ No timing is asserted anywhere: these machines are noisy.
 """
 from __future__ import annotations
 
+import ctypes
 import platform
 import time
 from collections import defaultdict
@@ -15,6 +16,27 @@ from collections import defaultdict
 import pytest
 import torch
 
+def keep_freed_memory_in_heap() -> bool:
+    """Fix glibc's malloc thresholds for the session so that every implementation's freed tensors of up to
+    32 MiB stay in the heap, ready for the next round; True if it applied (glibc), False elsewhere.
+
+    By default glibc trims the heap whenever its free top passes twice the (dynamic) mmap threshold. With
+    pytest-benchmark keeping the previous round's result alive during the next call, the heap then grew and
+    shrank every few rounds, and which implementation paid for faulting its output in again (6144 faults,
+    10-12 ms a 25 MB tensor) depended on the allocation order: `phase_rmsnorm` float32 forward measured
+    12 ms with 2 of 3 rounds faulting, against 3.6 ms without the faults. Here no round of any
+    implementation faults after its warm-up. Tensors above 32 MiB, glibc's largest mmap threshold, are still
+    mapped afresh on every allocation, for every implementation alike.
+    """
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3  # malloc.h
+    return bool(mallopt(m_mmap_threshold, 32 * 2**20)) and bool(mallopt(m_trim_threshold, 2**31 - 1))
+
+
+HEAP_KEPT = keep_freed_memory_in_heap()
 RESULTS: dict = defaultdict(dict)  # (op, mode, dtype, shape) -> {impl: (median_s, bytes)}
 COPY_GBPS: list = []
 
@@ -109,6 +131,7 @@ def pytest_terminal_summary(terminalreporter):
     w("")
     w(f"machine: {platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
       f"cpu capability {torch.backends.cpu.get_cpu_capability()}")
+    w("glibc heap: freed memory kept (benchmarks/conftest.py)" if HEAP_KEPT else "malloc: the platform's defaults")
     w(f"measured copy bandwidth (clone, median): {gbps:.1f} GB/s at 25 MB, {COPY_GBPS[1]:.1f} GB/s at 256 MB; "
       "GB/s below counts each op's minimum traffic, % is of the 25 MB copy")
     for row in results_table(gbps):
