@@ -38,7 +38,10 @@ def keep_freed_memory_in_heap() -> bool:
 
 HEAP_KEPT = keep_freed_memory_in_heap()
 RESULTS: dict = defaultdict(dict)  # (op, mode, dtype, shape) -> {impl: (median_s, bytes)}
+INTERLEAVED: dict = defaultdict(dict)  # key -> {baseline: median over rounds of baseline time / tpt time}
 COPY_GBPS: list = []
+# The steps of the key being benchmarked, {impl: step}, kept until the next key starts (interleave_finished_key).
+PENDING_STEPS: dict = {}
 
 
 # The ops are benchmarked on [8192, 768] float32 tensors (25 MB), which is
@@ -94,6 +97,43 @@ def bench_op(benchmark, record, key: tuple, impl: str, fn, args: tuple, mode: st
 
     run_benchmark(benchmark, step)
     record(key, impl, benchmark, nbytes)
+    if PENDING_STEPS and PENDING_STEPS["key"] != key:
+        interleave_finished_key()
+    PENDING_STEPS.setdefault("key", key)
+    PENDING_STEPS.setdefault("steps", {})[impl] = step
+
+
+# Seconds of interleaved rounds per baseline of a key, within 6 to 20 rounds.
+INTERLEAVED_BUDGET_S = 3.0
+
+
+def interleave_finished_key() -> None:
+    """Times each implementation of the key just finished against tpt again, in rounds that run the two once
+    each, in alternating order, and records the median over rounds of its time over tpt's in the same round.
+
+    pytest-benchmark times one implementation's rounds in one stretch, then the next one's, so a host whose
+    speed drifts by 10-30% between stretches (seen on these shared VMs) moves the ratio of two stretches' medians
+    as much; within one round the drift is the same for both, so the per-round ratio cancels it. The pairs are
+    timed apart, tpt against one baseline at a time, so that no implementation runs after a third one's
+    aftermath (the eager references' temporaries) more often than tpt does. The tests of a key run one after
+    another (impl is each benchmark's innermost parameter), so only that key's arguments are kept alive."""
+    key, steps = PENDING_STEPS.pop("key"), PENDING_STEPS.pop("steps")
+    medians = {impl: RESULTS[key][impl][0] for impl in steps if impl in RESULTS[key]}
+    if "tpt" not in medians:
+        return
+    for impl in medians:
+        if impl == "tpt":
+            continue
+        rounds = max(6, min(20, int(INTERLEAVED_BUDGET_S / (medians["tpt"] + medians[impl]))))
+        ratios = []
+        for r in range(rounds):
+            times = {}
+            for name in ("tpt", impl) if r % 2 == 0 else (impl, "tpt"):
+                t0 = time.perf_counter()
+                steps[name]()
+                times[name] = time.perf_counter() - t0
+            ratios.append(times[impl] / times["tpt"])
+        INTERLEAVED[key][impl] = sorted(ratios)[len(ratios) // 2]
 
 
 def baselines() -> list[str]:
@@ -106,7 +146,7 @@ def results_table(gbps: float) -> list[str]:
     names = baselines()
     header = ["op", "mode", "dtype", "tpt ms"]
     for b in names:
-        header += [f"{b} ms", f"x {b}"]
+        header += [f"{b} ms", f"x {b}", f"x {b} alt"]
     header += ["GB/s", "% copy bw"]
     rows = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     for key in sorted(RESULTS, key=str):
@@ -116,7 +156,9 @@ def results_table(gbps: float) -> list[str]:
         t, nbytes = r["tpt"]
         cells = [*key[:3], f"{t * 1e3:.2f}"]
         for b in names:
+            alt = INTERLEAVED.get(key, {}).get(b)
             cells += [f"{r[b][0] * 1e3:.2f}", f"{r[b][0] / t:.2f}"] if b in r else ["", ""]
+            cells.append(f"{alt:.2f}" if alt is not None else "")
         achieved = nbytes / t / 1e9
         cells += [f"{achieved:.1f}", f"{100 * achieved / gbps:.0f}%"]
         rows.append("| " + " | ".join(cells) + " |")
@@ -124,6 +166,8 @@ def results_table(gbps: float) -> list[str]:
 
 
 def pytest_terminal_summary(terminalreporter):
+    if PENDING_STEPS:
+        interleave_finished_key()
     if not RESULTS:
         return
     gbps = COPY_GBPS[0] if COPY_GBPS else float("nan")
@@ -134,5 +178,7 @@ def pytest_terminal_summary(terminalreporter):
     w("glibc heap: freed memory kept (benchmarks/conftest.py)" if HEAP_KEPT else "malloc: the platform's defaults")
     w(f"measured copy bandwidth (clone, median): {gbps:.1f} GB/s at 25 MB, {COPY_GBPS[1]:.1f} GB/s at 256 MB; "
       "GB/s below counts each op's minimum traffic, % is of the 25 MB copy")
+    w("x B: B's median over tpt's (each timed in its own stretch of rounds); x B alt: the median of B's time over "
+      "tpt's in the same round, from rounds that alternate the two (conftest.interleave_finished_key)")
     for row in results_table(gbps):
         w(row)
