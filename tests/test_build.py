@@ -197,6 +197,7 @@ def test_trig_is_accurate_and_gives_the_same_bits_on_every_cpu(tmp_path):
 # ---- the bfloat16/float16 row conversions of common.h, as the kernels run them ----
 
 CONVERSION_DRIVER = str(ROOT / "tests" / "c" / "conversion_check.c")
+HARDWARE_CONVERSION = str(ROOT / "csrc" / "cpu" / "convert.c")  # tpt_bf16_*_native, called where the CPU has them
 
 
 def float_bit_patterns():
@@ -233,7 +234,8 @@ def conversion_drivers(tmp_path_factory):
     for name in [level for level in LEVELS if level == "x86-64" or cpu_supports(level)] + ["dispatch"]:
         flags = [] if name == "dispatch" else [f"-march={name}", "-DTPT_NO_MULTIVERSION"]
         exe = str(out_dir / f"conversion_check_{name}")
-        cmd = [GCC, *project_c_flags(), *flags, f"-I{ROOT / 'csrc' / 'cpu'}", CONVERSION_DRIVER, "-o", exe, "-lm"]
+        cmd = [GCC, *project_c_flags(), *flags, f"-I{ROOT / 'csrc' / 'cpu'}", CONVERSION_DRIVER, HARDWARE_CONVERSION,
+               "-o", exe, "-lm"]
         result = subprocess.run(cmd, capture_output=True, text=True)
         assert result.returncode == 0, f"{' '.join(cmd)}\n{result.stderr}"
         built[name] = exe

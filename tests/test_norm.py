@@ -260,3 +260,26 @@ def test_first_order_backward_is_the_c_kernel(dtype):
     from helpers import compiled_backward_graph
     graph = compiled_backward_graph(lambda x, w: tpt_ops.phase_rmsnorm(x, w, 3), (x, w))
     assert "tpt.phase_rmsnorm_backward" in graph and "rsqrt" not in graph
+
+
+def test_bfloat16_outputs_keep_float32_subnormals():
+    """The bfloat16 output and dx are the float32 kernel's values (same inputs, upcast) rounded by torch, also where
+    those values are float32 subnormals: on a CPU with AVX512-BF16 the stores convert in hardware, which reads a
+    subnormal as zero, and a group of values holding one must take the integer rounding (csrc/cpu/convert.c)."""
+    gen = torch.Generator().manual_seed(7)
+    x = torch.randn(64, 768, generator=gen).bfloat16()
+    w = torch.ones(768)
+    w[::3] = 3e-39  # every group of 32 outputs holds subnormal values, among normal ones
+    w[512:] = 1e-39  # and a whole phase of them
+    dy = torch.randn(64, 768, generator=gen).bfloat16()
+    outs = {}
+    for dtype in (torch.bfloat16, torch.float32):
+        xs = x.to(dtype).requires_grad_()
+        y = tpt_ops.phase_rmsnorm(xs, w, 3)
+        (dx,) = torch.autograd.grad(y, xs, dy.to(dtype))
+        outs[dtype] = (y.detach(), dx)
+    (y16, dx16), (y32, dx32) = outs[torch.bfloat16], outs[torch.float32]
+    subnormal = (y32 != 0) & (y32.abs() < torch.finfo(torch.float32).tiny)
+    assert (subnormal & (y32.to(torch.bfloat16) != 0)).sum() > 10000  # subnormals a flush to zero would lose
+    assert torch.equal(y16.view(torch.int16), y32.to(torch.bfloat16).view(torch.int16))
+    assert torch.equal(dx16.view(torch.int16), dx32.to(torch.bfloat16).view(torch.int16))

@@ -36,6 +36,18 @@
 #define TPT_MULTIVERSION
 #endif
 
+/* float32 -> bfloat16 in hardware (AVX512-BF16) where the CPU has it: the row
+ * stores below and the bfloat16 pair loops call tpt_bf16_store_row_native /
+ * tpt_bf16_store_pairs_native (convert.c) when tpt_bf16_native() is true,
+ * with the same bits as the integer rounding. Built with the clones: a
+ * TPT_NO_MULTIVERSION build (tests/test_build.py's per-level builds, the
+ * ThreadSanitizer build) runs the integer rounding everywhere, so comparing
+ * it with the dispatched build on a CPU with AVX512-BF16 compares the two. */
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && !defined(__CUDACC__) && \
+    !defined(TPT_NO_MULTIVERSION)
+#define TPT_BF16_NATIVE_BUILD
+#endif
+
 /* A static helper of a TPT_MULTIVERSION kernel is compiled once, for the
  * baseline ISA, wherever gcc keeps it out of line, and every clone calls that
  * one. A helper that does heavy work is either TPT_INLINE (always inlined,
@@ -333,6 +345,23 @@ TPT_INLINE void tpt_prefetch_write(void* p, int64_t n) {
     for (int64_t b = 0; b < n; b += 64) __builtin_prefetch((char*)p + b, 1, 2);
 }
 
+#ifdef TPT_BF16_NATIVE_BUILD
+extern int tpt_bf16_native_flag; /* set when the library loads (convert.c) */
+TPT_INLINE int tpt_bf16_native(void) { return tpt_bf16_native_flag; }
+/* dst[i] = tpt_float_to_bf16(src[i]) for i < n */
+void tpt_bf16_store_row_native(uint16_t* dst, const float* src, int64_t n);
+/* tpt_bf16_store_pair(row, j0 + k, even[k], odd[k]) for k < n */
+void tpt_bf16_store_pairs_native(void* row, int64_t j0, const float* even, const float* odd, int64_t n);
+#else
+TPT_INLINE int tpt_bf16_native(void) { return 0; }
+TPT_INLINE void tpt_bf16_store_row_native(uint16_t* dst, const float* src, int64_t n) {
+    (void)dst; (void)src; (void)n;
+}
+TPT_INLINE void tpt_bf16_store_pairs_native(void* row, int64_t j0, const float* even, const float* odd, int64_t n) {
+    (void)row; (void)j0; (void)even; (void)odd; (void)n;
+}
+#endif
+
 /* A row of n elements of dtype dt, seen as float32: the row itself when it is
  * float32, else `scratch` filled by conversion. */
 TPT_HD const float* tpt_row_in_f32(const void* src, tpt_dtype dt, float* scratch, int64_t n) {
@@ -351,7 +380,8 @@ TPT_HD float* tpt_row_buf_f32(void* dst, tpt_dtype dt, float* scratch) {
 
 TPT_HD void tpt_row_out_f32(void* dst, tpt_dtype dt, const float* buf, int64_t n) {
     uint16_t* h = (uint16_t*)dst;
-    if (dt == TPT_BFLOAT16) for (int64_t i = 0; i < n; i++) h[i] = tpt_float_to_bf16(buf[i]);
+    if (dt == TPT_BFLOAT16 && tpt_bf16_native()) tpt_bf16_store_row_native(h, buf, n);
+    else if (dt == TPT_BFLOAT16) for (int64_t i = 0; i < n; i++) h[i] = tpt_float_to_bf16(buf[i]);
     else if (dt == TPT_FLOAT16) for (int64_t i = 0; i < n; i++) h[i] = tpt_float_to_f16(buf[i]);
 }
 
