@@ -103,7 +103,7 @@ def bench_op(benchmark, record, key: tuple, impl: str, fn, args: tuple, mode: st
     PENDING_STEPS.setdefault("steps", {})[impl] = step
 
 
-# Seconds of interleaved rounds per baseline of a key, within 6 to 20 rounds.
+# Seconds of interleaved rounds per baseline of a key, within 5 to 20 rounds.
 INTERLEAVED_BUDGET_S = 3.0
 
 
@@ -124,7 +124,7 @@ def interleave_finished_key() -> None:
     for impl in medians:
         if impl == "tpt":
             continue
-        rounds = max(6, min(20, int(INTERLEAVED_BUDGET_S / (medians["tpt"] + medians[impl]))))
+        rounds = max(5, min(20, int(INTERLEAVED_BUDGET_S / (medians["tpt"] + medians[impl]))))
         ratios = []
         for r in range(rounds):
             times = {}
