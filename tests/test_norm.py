@@ -264,8 +264,9 @@ def test_first_order_backward_is_the_c_kernel(dtype):
 
 def test_bfloat16_outputs_keep_float32_subnormals():
     """The bfloat16 output and dx are the float32 kernel's values (same inputs, upcast) rounded by torch, also where
-    those values are float32 subnormals: on a CPU with AVX512-BF16 the stores convert in hardware, which reads a
-    subnormal as zero, and a group of values holding one must take the integer rounding (csrc/cpu/convert.c)."""
+    those values are float32 subnormals: on a CPU with AVX512-BF16 the row stores (dx's here) convert in hardware,
+    which reads a subnormal as zero, and a group of values holding one must take the integer rounding
+    (csrc/cpu/convert.c); y comes from the pair loop's integer rounding."""
     gen = torch.Generator().manual_seed(7)
     x = torch.randn(64, 768, generator=gen).bfloat16()
     w = torch.ones(768)

@@ -37,9 +37,8 @@
 #endif
 
 /* float32 -> bfloat16 in hardware (AVX512-BF16) where the CPU has it: the row
- * stores below and the bfloat16 pair loops call tpt_bf16_store_row_native /
- * tpt_bf16_store_pairs_native (convert.c) when tpt_bf16_native() is true,
- * with the same bits as the integer rounding. Built with the clones: a
+ * store below (tpt_row_out_f32) calls tpt_bf16_store_row_native (convert.c)
+ * when tpt_bf16_native() is true, with the same bits as the integer rounding. Built with the clones: a
  * TPT_NO_MULTIVERSION build (tests/test_build.py's per-level builds, the
  * ThreadSanitizer build) runs the integer rounding everywhere, so comparing
  * it with the dispatched build on a CPU with AVX512-BF16 compares the two. */
@@ -350,15 +349,10 @@ extern int tpt_bf16_native_flag; /* set when the library loads (convert.c) */
 TPT_INLINE int tpt_bf16_native(void) { return tpt_bf16_native_flag; }
 /* dst[i] = tpt_float_to_bf16(src[i]) for i < n */
 void tpt_bf16_store_row_native(uint16_t* dst, const float* src, int64_t n);
-/* tpt_bf16_store_pair(row, j0 + k, even[k], odd[k]) for k < n */
-void tpt_bf16_store_pairs_native(void* row, int64_t j0, const float* even, const float* odd, int64_t n);
 #else
 TPT_INLINE int tpt_bf16_native(void) { return 0; }
 TPT_INLINE void tpt_bf16_store_row_native(uint16_t* dst, const float* src, int64_t n) {
     (void)dst; (void)src; (void)n;
-}
-TPT_INLINE void tpt_bf16_store_pairs_native(void* row, int64_t j0, const float* even, const float* odd, int64_t n) {
-    (void)row; (void)j0; (void)even; (void)odd; (void)n;
 }
 #endif
 

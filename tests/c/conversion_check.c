@@ -8,8 +8,8 @@
  *   conversion_check in-pairs  bfloat16 INPUT OUTPUT     the same through the bfloat16 pair words
  *   conversion_check out-pairs bfloat16 INPUT OUTPUT     (tpt_bf16_load_pair / tpt_bf16_store_pair)
  *
- * On a CPU with AVX512-BF16 the dispatched build stores bfloat16 through
- * convert.c's hardware conversion, as the kernels do (tpt_bf16_native).
+ * On a CPU with AVX512-BF16 the dispatched build's row stores go through
+ * convert.c's hardware conversion, as the kernels' do (tpt_bf16_native).
  *
  * The inputs are cut into rows of ROW elements, and each row starts at a
  * varying element offset, so every vectorised loop body, its peeled heads and
@@ -88,23 +88,13 @@ static void pairs_to_float(float* out, const uint16_t* in, int64_t n) {
 
 TPT_MULTIVERSION
 static void pairs_from_float(uint16_t* out, const float* in, int64_t n) {
-    float* halves = (float*)malloc(ROW * sizeof(float)); /* a row's even elements, then its odd ones */
     int64_t step = 0;
     for (int64_t i = 0; i < n;) {
         const int64_t len = row_length(i, n, &step);
-        if (tpt_bf16_native()) { /* as the kernels' pair loops store on a CPU with AVX512-BF16 */
-            for (int64_t j = 0; j < len / 2; j++) {
-                halves[j] = in[i + 2 * j];
-                halves[len / 2 + j] = in[i + 2 * j + 1];
-            }
-            tpt_bf16_store_pairs_native(out + i, 0, halves, halves + len / 2, len / 2);
-        } else {
-            for (int64_t j = 0; j < len / 2; j++) tpt_bf16_store_pair(out + i, j, in[i + 2 * j], in[i + 2 * j + 1]);
-        }
+        for (int64_t j = 0; j < len / 2; j++) tpt_bf16_store_pair(out + i, j, in[i + 2 * j], in[i + 2 * j + 1]);
         if (len % 2) out[i + len - 1] = tpt_float_to_bf16(in[i + len - 1]);
         i += len;
     }
-    free(halves);
 }
 
 int main(int argc, char** argv) {
