@@ -178,6 +178,21 @@ def test_kernels_run_clean_under_thread_sanitizer(tmp_path):
 
 
 @needs_gcc_on_x86_64
+def test_kernels_run_clean_under_undefined_behaviour_sanitizer(tmp_path):
+    """Every kernel serially, then from 3 threads, with signed overflow, out-of-bounds shifts, misaligned and
+    null accesses trapped: setup.py builds with -fno-wrapv, so the kernels' index arithmetic must never
+    overflow. Built without target_clones, as the ThreadSanitizer build."""
+    ubsan = ["-fsanitize=undefined", "-fno-sanitize-recover=undefined", "-g", "-DTPT_NO_MULTIVERSION"]
+    if run_probe("int main(void) { return 0; }", ubsan) != 0:
+        pytest.skip("gcc cannot build and run -fsanitize=undefined programs here")
+    exe = compile_driver(tmp_path, "kernel_hashes_ubsan", ubsan)
+    for mode in ("serial", "threads"):
+        result = subprocess.run([exe, mode], capture_output=True, text=True, timeout=600)
+        assert "runtime error" not in result.stderr, result.stderr[-8000:]
+        assert result.returncode == 0, result.stderr[-4000:]
+
+
+@needs_gcc_on_x86_64
 def test_trig_is_accurate_and_gives_the_same_bits_on_every_cpu(tmp_path):
     """csrc/cpu/trig.h's sin/cos: within 1 ulp in float64, correctly rounded in float32 (trig_check exits 1
     otherwise), and the same bits at every x86-64 level this CPU runs (glibc's float64 sin/cos/exp are not)."""
