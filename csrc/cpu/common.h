@@ -374,7 +374,9 @@ TPT_HD float* tpt_row_buf_f32(void* dst, tpt_dtype dt, float* scratch) {
 
 TPT_HD void tpt_row_out_f32(void* dst, tpt_dtype dt, const float* buf, int64_t n) {
     uint16_t* h = (uint16_t*)dst;
-    if (dt == TPT_BFLOAT16 && tpt_bf16_native()) tpt_bf16_store_row_native(h, buf, n);
+    /* a row shorter than one 32-value group (a qkv_rope head of 16) stays inline: the hardware store would call
+     * out only to convert it on its scalar tail */
+    if (dt == TPT_BFLOAT16 && n >= 32 && tpt_bf16_native()) tpt_bf16_store_row_native(h, buf, n);
     else if (dt == TPT_BFLOAT16) for (int64_t i = 0; i < n; i++) h[i] = tpt_float_to_bf16(buf[i]);
     else if (dt == TPT_FLOAT16) for (int64_t i = 0; i < n; i++) h[i] = tpt_float_to_f16(buf[i]);
 }
